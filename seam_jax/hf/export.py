@@ -1,0 +1,139 @@
+"""Export params to a directory that ``transformers.AutoModelForCausalLM`` loads.
+
+The export is written into a temporary sibling directory and renamed into place
+at the end, so a crash never leaves a half-written model; a non-empty target is
+refused unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any
+
+import jax
+import numpy as np
+from safetensors.numpy import save_file
+
+from seam_jax.hf.errors import ConversionError
+from seam_jax.hf.keymap import entries, get_path
+from seam_jax.model.api import ModelFn, Params
+from seam_jax.model.config import ModelConfig, parse_dtype
+
+log = logging.getLogger(__name__)
+
+
+def _parse_size(size: int | str) -> int:
+    if isinstance(size, int):
+        return size
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    s = size.strip().upper()
+    for unit, mult in sorted(units.items(), key=lambda kv: -len(kv[0])):
+        if s.endswith(unit):
+            return int(float(s[: -len(unit)]) * mult)
+    return int(s)
+
+
+def check_target(out_dir: pathlib.Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConversionError(f"export target {out_dir} is a file, not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise ConversionError(
+            f"export target {out_dir} already holds files; choose an empty directory or pass "
+            f"overwrite=True (--config.export.overwrite=True)"
+        )
+
+
+def export_hf(
+    params: Params,
+    cfg: ModelConfig,
+    out_dir: str | os.PathLike,
+    *,
+    tokenizer: Any = None,
+    dtype: str | None = None,
+    max_shard_size: int | str = "2GB",
+    overwrite: bool = False,
+    generation_config: dict[str, Any] | None = None,
+) -> pathlib.Path:
+    """Write ``params`` as an HF checkpoint (safetensors, sharded past ``max_shard_size``).
+
+    ``dtype`` is the stored dtype (default: the params' dtype).
+    """
+    out = pathlib.Path(out_dir).expanduser().resolve()
+    check_target(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    limit = _parse_size(max_shard_size)
+    fn = ModelFn(cfg)
+    store = parse_dtype(dtype) if dtype else None
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        shards: list[dict[str, np.ndarray]] = [{}]
+        sizes = [0]
+        host_cache: dict[tuple[str, ...], np.ndarray] = {}
+        for e in entries(fn.abstract_params, cfg.num_hidden_layers):
+            if e.path not in host_cache:
+                host_cache.clear()  # one parameter on the host at a time
+                host_cache[e.path] = np.asarray(jax.device_get(get_path(params, e.path)))
+            t = e.to_hf(host_cache[e.path])
+            if store is not None:
+                t = t.astype(store)
+            t = np.ascontiguousarray(t)
+            if sizes[-1] and sizes[-1] + t.nbytes > limit:
+                _flush(shards, sizes, tmp)
+            shards[-1][e.hf_key] = t
+            sizes[-1] += t.nbytes
+        host_cache.clear()
+        _flush(shards, sizes, tmp, final=True)
+        hf_cfg = cfg.to_hf()
+        if dtype:
+            hf_cfg["torch_dtype"] = hf_cfg["dtype"] = dtype
+        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
+        gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
+               "pad_token_id": cfg.pad_token_id, **(generation_config or {})}
+        (tmp / "generation_config.json").write_text(
+            json.dumps({k: v for k, v in gen.items() if v is not None}, indent=2) + "\n")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("exported HF checkpoint to %s", out)
+    return out
+
+
+def _flush(shards: list[dict[str, np.ndarray]], sizes: list[int], tmp: pathlib.Path,
+           final: bool = False) -> None:
+    """Write the current shard; on ``final``, name all shards and write the index."""
+    idx = len(shards)
+    save_file(shards[-1], str(tmp / f"shard-{idx:05d}.safetensors"), metadata={"format": "pt"})
+    shards[-1] = {k: None for k in shards[-1]}  # keep names, drop data
+    if not final:
+        shards.append({})
+        sizes.append(0)
+        return
+    n = len(shards)
+    if n == 1:
+        (tmp / "shard-00001.safetensors").rename(tmp / "model.safetensors")
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, start=1):
+        name = f"model-{i:05d}-of-{n:05d}.safetensors"
+        (tmp / f"shard-{i:05d}.safetensors").rename(tmp / name)
+        weight_map.update({k: name for k in shard})
+    index = {"metadata": {"total_size": int(sum(sizes))}, "weight_map": weight_map}
+    (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _swap_into_place(tmp: pathlib.Path, out: pathlib.Path) -> None:
+    if out.exists():
+        backup = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(backup)
+        tmp.rename(out)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        tmp.rename(out)

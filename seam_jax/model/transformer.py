@@ -1,0 +1,231 @@
+"""A Llama-family decoder in Flax NNX: GQA attention, RMSNorm, SwiGLU, HF-layout RoPE.
+
+Module and parameter names follow transformers' ``LlamaForCausalLM``
+(``model.embed_tokens``, ``model.layers.self_attn.q_proj``, ``model.norm``,
+``lm_head``), so the HF conversion map is nearly the identity. The decoder layers
+are one stacked module (leading ``layers`` axis) run by ``jax.lax.scan`` or by an
+unrolled loop; both read the same parameters.
+
+A key/value cache, when given, is a pair of arrays [layers, B, S, kv_heads, head_dim];
+queries are written at ``cache_index`` and attend to every valid key at or before
+their own slot. Without a cache, slots are token indices.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from seam_jax.model.config import ModelConfig, parse_dtype
+from seam_jax.model.layers import Embed, Linear, RMSNorm
+from seam_jax.model.rope import apply_rope, inverse_frequencies, rope_tables
+
+LAYER_AXES = ("layers",)
+
+
+class KVCache(NamedTuple):
+    k: jax.Array  # [layers, B, S, kv_heads, head_dim]
+    v: jax.Array
+
+
+class Output(NamedTuple):
+    logits: jax.Array | None  # [B, T, vocab]
+    hidden_states: jax.Array | None  # [layers + 1, B, T, embed]: h_0 (embeddings) .. h_L
+    final_hidden: jax.Array  # norm(h_L) [B, T, embed]
+    cache: KVCache | None
+
+
+def _remat_policy(name: str) -> Any:
+    return {
+        "full": None,
+        "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+        "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    }[name]
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, stack: tuple[int, ...], *, rngs: nnx.Rngs) -> None:
+        pd, dt = parse_dtype(cfg.param_dtype), parse_dtype(cfg.dtype)
+        d, hd = cfg.hidden_size, cfg.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = (
+            cfg.num_attention_heads, cfg.num_key_value_heads, hd)
+        self.sliding_window = cfg.sliding_window
+        self.dtype = dt
+        common = dict(stack=stack, stack_axes=LAYER_AXES * len(stack), param_dtype=pd, dtype=dt,
+                      std=cfg.initializer_range, rngs=rngs)
+        self.q_proj = Linear(d, self.num_heads * hd, ("embed", "heads"), bias=cfg.qkv_bias, **common)
+        self.k_proj = Linear(d, self.num_kv_heads * hd, ("embed", "kv_heads"), bias=cfg.qkv_bias, **common)
+        self.v_proj = Linear(d, self.num_kv_heads * hd, ("embed", "kv_heads"), bias=cfg.qkv_bias, **common)
+        self.o_proj = Linear(self.num_heads * hd, d, ("heads", "embed"), bias=cfg.o_bias, **common)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        key_valid: jax.Array,
+        q_slots: jax.Array,
+        kv: tuple[jax.Array, jax.Array] | None,
+        cache_index: jax.Array | None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        new_kv = None
+        if kv is not None:
+            ck, cv = kv
+            k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
+            new_kv = (k, v)
+            k, v = k.astype(self.dtype), v.astype(self.dtype)
+        s = k.shape[1]
+        groups = self.num_heads // self.num_kv_heads
+        q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
+        wide = jnp.promote_types(self.dtype, jnp.float32)
+        scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=wide)
+        scores = scores * jnp.asarray(self.head_dim ** -0.5, wide)
+        k_slots = jnp.arange(s)
+        allowed = (k_slots[None, None, :] <= q_slots[:, :, None]) & key_valid[:, None, :].astype(bool)
+        if self.sliding_window is not None:
+            allowed &= k_slots[None, None, :] > q_slots[:, :, None] - self.sliding_window
+        scores = jnp.where(allowed[:, None, None, :, :], scores, jnp.finfo(wide).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, self.num_heads * self.head_dim)
+        return self.o_proj(out), new_kv
+
+
+class MLP(nnx.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, cfg: ModelConfig, stack: tuple[int, ...], *, rngs: nnx.Rngs) -> None:
+        common = dict(stack=stack, stack_axes=LAYER_AXES * len(stack), bias=cfg.mlp_bias,
+                      param_dtype=parse_dtype(cfg.param_dtype), dtype=parse_dtype(cfg.dtype),
+                      std=cfg.initializer_range, rngs=rngs)
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = Linear(d, f, ("embed", "mlp"), **common)
+        self.up_proj = Linear(d, f, ("embed", "mlp"), **common)
+        self.down_proj = Linear(f, d, ("mlp", "embed"), **common)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, stack: tuple[int, ...] = (), *, rngs: nnx.Rngs) -> None:
+        norm = dict(stack=stack, stack_axes=LAYER_AXES * len(stack),
+                    param_dtype=parse_dtype(cfg.param_dtype), dtype=parse_dtype(cfg.dtype))
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **norm)
+        self.self_attn = Attention(cfg, stack, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **norm)
+        self.mlp = MLP(cfg, stack, rngs=rngs)
+
+    def __call__(self, x, cos, sin, key_valid, q_slots, kv, cache_index):
+        h, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, key_valid, q_slots, kv,
+                                   cache_index)
+        x = x + h
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, new_kv
+
+
+class Backbone(nnx.Module):
+    """HF's ``model``: embeddings, the stacked decoder layers and the final norm."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs) -> None:
+        pd, dt = parse_dtype(cfg.param_dtype), parse_dtype(cfg.dtype)
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=pd, dtype=dt,
+                                  std=cfg.initializer_range, rngs=rngs)
+        self.layers = DecoderLayer(cfg, (cfg.num_hidden_layers,), rngs=rngs)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=pd, dtype=dt)
+
+
+class Transformer(nnx.Module):
+    """``LlamaForCausalLM``-shaped decoder. Call with token ids, get logits and hidden states."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs) -> None:
+        self.config = cfg
+        self.model = Backbone(cfg, rngs=rngs)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"),
+                                  param_dtype=parse_dtype(cfg.param_dtype),
+                                  dtype=parse_dtype(cfg.dtype), std=cfg.initializer_range,
+                                  rngs=rngs)
+        else:
+            self.lm_head = None
+
+    def head(self, h: jax.Array) -> jax.Array:
+        """LM head on (already normalised) hidden states: [..., embed] -> [..., vocab]."""
+        if self.lm_head is None:
+            return self.model.embed_tokens.attend(h)
+        return self.lm_head(h)
+
+    def lens(self, h: jax.Array) -> jax.Array:
+        """Logit lens: the final norm then the LM head, for any hidden state."""
+        return self.head(self.model.norm(h))
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        *,
+        output_hidden_states: bool = False,
+        compute_logits: bool = True,
+        cache: KVCache | None = None,
+        cache_index: jax.Array | int = 0,
+        cache_valid: jax.Array | None = None,
+    ) -> Output:
+        """Forward pass.
+
+        Args:
+          input_ids: [B, T] int.
+          attention_mask: [B, T], 1 for real tokens (default all ones).
+          positions: [B, T] RoPE positions; default ``cumsum(mask) - 1``, which is what
+            transformers' ``generate`` uses under left padding.
+          output_hidden_states: also return h_0..h_L stacked [L+1, B, T, D].
+          compute_logits: skip the LM head (losses that chunk it themselves).
+          cache, cache_index, cache_valid: decode with a KV cache; ``cache_valid`` [B, S]
+            marks valid cache slots (including the ones this call writes).
+        """
+        cfg = self.config
+        dt = parse_dtype(cfg.dtype)
+        b, t = input_ids.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), jnp.int32)
+        if positions is None:
+            positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+        inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+        cos, sin = rope_tables(positions, inv_freq, dt)
+        q_slots = jnp.broadcast_to(jnp.arange(t)[None, :] + cache_index, (b, t))
+        key_valid = attention_mask if cache is None else cache_valid
+        x = self.model.embed_tokens(input_ids)
+
+        graph, layer_params = nnx.split(self.model.layers)
+
+        def body(h, xs):
+            params, kv = xs
+            layer = nnx.merge(graph, params)
+            h, new_kv = layer(h, cos, sin, key_valid, q_slots, kv, cache_index)
+            return h, (h if output_hidden_states else None, new_kv)
+
+        if cfg.remat != "none":
+            body = jax.checkpoint(body, policy=_remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
+        kv_xs = (cache.k, cache.v) if cache is not None else None
+        if cfg.scan_layers:
+            h, (hs, new_kv) = jax.lax.scan(body, x, (layer_params, kv_xs))
+        else:
+            h, outs = x, []
+            for i in range(cfg.num_hidden_layers):
+                sl = jax.tree.map(lambda a: a[i], (layer_params, kv_xs))
+                h, out = body(h, sl)
+                outs.append(out)
+            hs, new_kv = jax.tree.map(lambda *a: jnp.stack(a), *outs) if outs else (None, None)
+        hidden = jnp.concatenate([x[None], hs], axis=0) if output_hidden_states else None
+        final = self.model.norm(h)
+        logits = self.head(final) if compute_logits else None
+        new_cache = KVCache(*new_kv) if cache is not None else None
+        return Output(logits, hidden, final, new_cache)

@@ -1,0 +1,48 @@
+"""Tiny random Hugging Face models built locally with transformers (no hub), for parity tests."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import torch
+import transformers
+
+# name -> (config class, kwargs). Each covers one feature the issue names.
+TINY = {
+    "llama_kv1": ("LlamaConfig", dict(num_key_value_heads=1)),
+    "llama_kv2": ("LlamaConfig", dict(num_key_value_heads=2)),
+    "llama_kv4": ("LlamaConfig", dict(num_key_value_heads=4)),
+    "llama_tied": ("LlamaConfig", dict(num_key_value_heads=2, tie_word_embeddings=True)),
+    "llama3_rope": ("LlamaConfig", dict(
+        num_key_value_heads=2, max_position_embeddings=2048,
+        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                          high_freq_factor=4.0, original_max_position_embeddings=256))),
+    "qwen2_bias": ("Qwen2Config", dict(num_key_value_heads=2)),
+    "mistral": ("MistralConfig", dict(num_key_value_heads=2, sliding_window=None)),
+}
+
+BASE = dict(vocab_size=384, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=1024, rms_norm_eps=1e-5,
+            rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+            pad_token_id=0)
+
+
+def build(name: str, seed: int = 0) -> Any:
+    cls_name, kw = TINY[name]
+    cfg = getattr(transformers, cls_name)(**{**BASE, **kw})
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    # HF inits norms to one and biases to zero; randomise them so the test sees them.
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif n.endswith("bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+    return model.float().eval()
+
+
+def save(model: Any, path: pathlib.Path, **kw: Any) -> pathlib.Path:
+    model.save_pretrained(path, safe_serialization=True, **kw)
+    return path
