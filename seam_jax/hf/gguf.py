@@ -15,6 +15,7 @@ leaves a half-written directory behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -33,10 +34,13 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ConversionError",
+    "build_tokenizer",
     "cache_dir",
     "convert_gguf_cached",
     "convert_gguf_to_hf",
+    "convert_once",
     "hf_name",
+    "is_hf_dir",
     "llama_config_from_gguf",
     "load_gguf_state_dict",
     "permute_qk",
@@ -172,6 +176,17 @@ def _check_llama(path: pathlib.Path, meta: dict[str, Any]) -> None:
         )
 
 
+@contextlib.contextmanager
+def _naming(path: pathlib.Path) -> Iterator[None]:
+    """Put the file's name in front of a ConversionError that lacks it."""
+    try:
+        yield
+    except ConversionError as e:
+        if str(path) in str(e):
+            raise
+        raise ConversionError(f"{path}: {e}") from e
+
+
 def _float32_literal(x: float) -> float:
     """The shortest decimal that round-trips the float32 value: 9.999999747378752e-06 -> 1e-05."""
     return float(str(np.float32(x)))
@@ -294,8 +309,9 @@ def load_gguf_state_dict(gguf_path: str | os.PathLike) -> tuple[dict[str, np.nda
     reader = _open(path)
     meta = _metadata(reader)
     _check_llama(path, meta)
-    config = llama_config_from_gguf(meta, [t.name for t in reader.tensors])
-    tensors = dict(_iter_tensors(path, reader, config))
+    with _naming(path):
+        config = llama_config_from_gguf(meta, [t.name for t in reader.tensors])
+        tensors = dict(_iter_tensors(path, reader, config))
     _check_tensors(path, tensors, config)
     return tensors, config
 
@@ -370,7 +386,25 @@ def _write_json(path: pathlib.Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def _portable_tokenizer_class(path: pathlib.Path) -> None:
+    """Name the tokenizer class by the alias transformers 4.x and 5.x both know.
+
+    transformers 5 saves ``TokenizersBackend``, which 4.x lacks; ``PreTrainedTokenizerFast``
+    loads the same ``tokenizer.json`` in both.
+    """
+    if path.is_file():
+        config = json.loads(path.read_text())
+        if config.get("tokenizer_class") == "TokenizersBackend":
+            config["tokenizer_class"] = "PreTrainedTokenizerFast"
+            path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
 def _fsync_tree(root: pathlib.Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in root.iterdir():  # safetensors writes its file owner-only
+        if p.is_file():
+            os.chmod(p, 0o666 & ~umask)
     for p in [*root.iterdir(), root]:
         fd = os.open(p, os.O_RDONLY)
         try:
@@ -404,7 +438,8 @@ def convert_gguf_to_hf(
     reader = _open(path)
     meta = _metadata(reader)
     _check_llama(path, meta)
-    config = llama_config_from_gguf(meta, [t.name for t in reader.tensors])
+    with _naming(path):
+        config = llama_config_from_gguf(meta, [t.name for t in reader.tensors])
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -418,7 +453,10 @@ def convert_gguf_to_hf(
         generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config[k] is not None}
         _write_json(tmp / "generation_config.json", generation)
         if tokenizer:
-            build_tokenizer(meta).save_pretrained(str(tmp))
+            with _naming(path):
+                hf_tokenizer = build_tokenizer(meta)
+            hf_tokenizer.save_pretrained(str(tmp))
+            _portable_tokenizer_class(tmp / "tokenizer_config.json")
         _fsync_tree(tmp)
         _swap_into_place(tmp, out, overwrite)
     except BaseException:
