@@ -8,11 +8,12 @@ naming the file (or hub id) and, for a bad row, the row index.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from seam_jax.data.schemas import DataError, Row, Schema, get_schema, validate_rows
 
@@ -117,6 +118,10 @@ def load_local(
             f"{path}: file not found. Check the path, or generate offline proxy data "
             "with seam_jax.data.proxy.write_proxy."
         )
+    # CSV has no types: read every cell as text (an empty alpaca `input` must
+    # stay "" rather than become NaN, and "3" must stay "3"), then convert the
+    # boolean fields.
+    options = _csv_options(path) if builder == "csv" else {}
     try:
         with tempfile.TemporaryDirectory(prefix="seam_jax_ds_") as tmp:
             ds = datasets.load_dataset(
@@ -125,15 +130,38 @@ def load_local(
                 split="train",
                 cache_dir=cache_dir or tmp,
                 keep_in_memory=True,
+                **options,
             )
             rows = ds.to_list()
     except Exception as exc:  # noqa: BLE001 - re-raised as DataError below
         _raise_with_row_detail(path, schema, exc)
+    if builder == "csv":
+        rows = [_csv_bools(row, schema) for row in rows]
     logger.info("loaded %d rows from %s", len(rows), path)
     return validate_rows(rows, schema, str(path))
 
 
-def _raise_with_row_detail(path: Path, schema: Schema, exc: Exception) -> None:
+def _csv_options(path: Path) -> dict[str, Any]:
+    """Builder options reading every column of a CSV file as text."""
+    import datasets
+
+    with path.open(newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), [])
+    features = datasets.Features({name: datasets.Value("string") for name in header})
+    return {"features": features, "na_filter": False}
+
+
+def _csv_bools(row: dict[str, Any], schema: Schema) -> dict[str, Any]:
+    """Turn "true"/"false" cells of boolean fields into bools; leave anything else for validation."""
+    out = dict(row)
+    for field, kind in schema.fields.items():
+        value = out.get(field)
+        if kind == "bool" and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            out[field] = value.strip().lower() == "true"
+    return out
+
+
+def _raise_with_row_detail(path: Path, schema: Schema, exc: Exception) -> NoReturn:
     """Turn a builder failure into a DataError, naming the bad row when possible.
 
     Arrow rejects a file whose rows disagree on a field's type without saying
