@@ -59,6 +59,15 @@ def base_config() -> mlc.ConfigDict:
     ))
     # Refusal rate on held-out harmful prompts, before and after the defense.
     c.eval = mlc.ConfigDict(dict(n_prompts=32, max_new_tokens=32, enabled=True))
+    # Job "theory": Theorem 1 checked numerically (seam_jax/theory). eps_grid: "lo:hi:n" (n
+    # log-spaced points) or "e1,e2,..."; dtypes: of float64 (x64, enabled for it), float32,
+    # bfloat16 (float32 master, bfloat16 compute); reference: precision of the exact grad L_sd
+    # and rho ("auto": float64 if listed, else float32); rho is sampled at n_rho_samples points
+    # of [0, max eps]; batch_step: which step's adv/bgn batches. The eps classified is seam.eps.
+    c.theory = mlc.ConfigDict(dict(
+        eps_grid="1e-9:1e-1:9", dtypes="float64,float32,bfloat16", reference="auto",
+        n_rho_samples=3, batch_step=0, vmap=False,
+    ))
     c.progress = True
     return c
 

@@ -85,11 +85,16 @@ class RMSNorm(nnx.Module):
         self.weight = _param(None, tuple(stack) + (dim,), stack_axes + ("norm",), param_dtype, None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        # float64 stays float64 (the Theorem 1 checks need a model with no hidden casts).
-        wide = jnp.promote_types(self.dtype, jnp.float32)
-        xf = x.astype(wide)
-        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return self.weight[...].astype(self.dtype) * xf.astype(self.dtype)
+        return rms_norm(x, self.weight[...], self.eps, self.dtype)
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float, dtype: Any) -> jax.Array:
+    """``weight * x / rms(x)``, normalised in at least float32 (float64 stays float64:
+    the Theorem 1 checks need a model with no hidden casts)."""
+    wide = jnp.promote_types(dtype, jnp.float32)
+    xf = x.astype(wide)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return weight.astype(dtype) * xf.astype(dtype)
 
 
 class Embed(nnx.Module):

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from seam_jax.model.api import ModelFn, Params
+from seam_jax.seam.lens import ul_and_attack_gradients
 from seam_jax.seam.losses import masked_ce, unlearning_and_attack_losses
 from seam_jax.seam.sd_grad import ESTIMATORS, geometry, sd_gradient, tree_axpy, tree_norm
 
@@ -33,6 +34,8 @@ class SeamHyper:
     # Off by default (faithful to the paper): an extra benign CE term, gamma * l(theta; D_bgn),
     # that keeps benign answers while L_up teaches refusals (SEAM.md's pilot saw over-refusal).
     gamma_benign: float = 0.0
+    # The hand-written lens gradient (3 vocabulary projections per layer instead of 7).
+    fused_lens: bool = True
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
@@ -41,6 +44,25 @@ class SeamHyper:
             raise ValueError(f"seam.eps={self.eps}; the finite difference needs eps > 0")
         if self.ul_variant not in ("intent", "original"):
             raise ValueError(f"seam.ul_variant={self.ul_variant!r}; choose 'intent' or 'original'")
+
+
+def ul_and_attack(fn: ModelFn, params: Params, adv: dict, hp: SeamHyper
+                  ) -> tuple[tuple[jax.Array, jax.Array], tuple[Params, Params]]:
+    """((L_ul, l_adv), (grad L_ul, g_a)) from one forward pass of the harmful batch.
+
+    The intent variant uses the hand-written lens gradient (``seam.lens``); the
+    original variant differentiates ``losses.unlearning_and_attack_losses`` with two
+    pullbacks of one ``jax.vjp``.
+    """
+    if hp.ul_variant == "intent" and hp.fused_lens:
+        return ul_and_attack_gradients(fn, params, adv, lens_layers=hp.lens_layers)
+    (l_ul, l_a), pullback = jax.vjp(
+        lambda p: unlearning_and_attack_losses(fn, p, adv, variant=hp.ul_variant,
+                                               lens_layers=hp.lens_layers), params)
+    one, zero = jnp.ones_like(l_ul), jnp.zeros_like(l_ul)
+    (g_ul,) = pullback((one, zero))
+    (g_a,) = pullback((zero, one))
+    return (l_ul, l_a), (g_ul, g_a)
 
 
 def _count(batch: dict) -> jax.Array:
@@ -56,12 +78,7 @@ def seam_gradient(fn: ModelFn, params: Params, batches: dict[str, dict], hp: Sea
         return masked_ce(fn, p, b)
 
     grad_ce = jax.grad(ce)
-    (l_ul, l_a), pullback = jax.vjp(
-        lambda p: unlearning_and_attack_losses(fn, p, adv, variant=hp.ul_variant,
-                                               lens_layers=hp.lens_layers), params)
-    one, zero = jnp.ones_like(l_ul), jnp.zeros_like(l_ul)
-    (g_ul,) = pullback((one, zero))
-    (g_a,) = pullback((zero, one))
+    (l_ul, l_a), (g_ul, g_a) = ul_and_attack(fn, params, adv, hp)
     l_up, g_up = jax.value_and_grad(ce)(params, aln)
     l_b, g_b = jax.value_and_grad(ce)(params, bgn)
     geo = geometry(g_a, g_b)

@@ -29,8 +29,10 @@ def init_state(params: Params, optimizer: optax.GradientTransformation, seed: in
 
 def _count_of(opt_state: Any) -> jax.Array | None:
     """The inner optimizer's update count (for the learning rate metric)."""
-    for leaf in jax.tree.leaves(opt_state, is_leaf=lambda x: hasattr(x, "count")):
-        if hasattr(leaf, "count"):
+    # NamedTuple states all have tuple.count (a method); the optax ones hold an array.
+    has = lambda x: hasattr(x, "count") and not callable(x.count)
+    for leaf in jax.tree.leaves(opt_state, is_leaf=has):
+        if has(leaf):
             return leaf.count
     return None
 

@@ -1,0 +1,89 @@
+"""The main job: defend a model with SEAM, then export it to Hugging Face format.
+
+Steps: load the model and data; measure refusal and benign accuracy on held-out
+prompts; train ``grad L_ul + alpha grad L_up + beta grad L_sd`` (resuming from the
+latest checkpoint of the run directory); export; measure again; write a summary.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import pathlib
+import time
+from typing import Any
+
+import ml_collections as mlc
+
+from seam_jax import config as config_lib
+from seam_jax.eval.behaviour import behaviour
+from seam_jax.hf.export import export_hf
+from seam_jax.jobs.common import load_model
+from seam_jax.jobs.data import load_experiment_data, seam_batches
+from seam_jax.seam.objective import SeamHyper, seam_gradient
+from seam_jax.train.checkpoint import CheckpointConfig
+from seam_jax.train.loop import LoopConfig, run as run_loop
+from seam_jax.train.optim import OptimConfig
+
+log = logging.getLogger(__name__)
+
+
+def seam_hyper(c: mlc.ConfigDict) -> SeamHyper:
+    s = c.seam
+    return SeamHyper(alpha=s.alpha, beta=s.beta, eps=s.eps, estimator=s.estimator, vmap=s.vmap,
+                     ul_variant=s.ul_variant, lens_layers=config_lib.lens_layers(c),
+                     gamma_benign=s.gamma_benign)
+
+
+def run(c: mlc.ConfigDict) -> dict[str, Any]:
+    t0 = time.time()
+    run_dir = pathlib.Path(c.run_dir).expanduser().resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    hp = seam_hyper(c)
+    m = load_model(c)
+    data = load_experiment_data(c, run_dir)
+    batches = seam_batches(c, m.tokenizer, data)
+    held_out = [r["prompt"] for r in data.splits.test[: c.eval.n_prompts]]
+    check = functools.partial(behaviour, m.fn, tok=m.tokenizer, harmful_prompts=held_out,
+                              benign=data.benign_eval, fmt=c.data.format,
+                              max_new_tokens=c.eval.max_new_tokens)
+    summary: dict[str, Any] = {"config_digest": config_lib.digest(c)}
+    before_file = run_dir / "eval_before.json"
+    if c.eval.enabled:
+        if before_file.is_file():
+            before = json.loads(before_file.read_text())
+        else:
+            log.info("measuring the base model on %d held-out harmful prompts", len(held_out))
+            before = check(m.params)
+            before_file.write_text(json.dumps(before, indent=1))
+        summary["before"] = {k: v for k, v in before.items() if k != "samples"}
+
+    gradient_fn = functools.partial(_seam_grad, m.fn, hp)
+    state = run_loop(
+        m.params, gradient_fn, ("targets_adv", "targets_aln", "targets_bgn"), batches,
+        OptimConfig(**c.optim.to_dict()),
+        LoopConfig(steps=c.steps, run_dir=run_dir, seed=c.seed, desc="SEAM",
+                   checkpoint=CheckpointConfig(**c.checkpoint.to_dict()),
+                   postfix=("loss", "cos", "L_ul", "L_up"), progress=c.progress),
+        meta={"config_digest": summary["config_digest"]},
+    )
+    params = state["params"]
+    export_dir = pathlib.Path(c.export.dir or run_dir / "defended-hf")
+    # The run's own export is replaced on a rerun; a user-chosen directory is protected.
+    overwrite = c.export.overwrite or not c.export.dir
+    export_hf(params, m.cfg, export_dir, tokenizer=m.tokenizer, dtype=c.export.dtype or None,
+              max_shard_size=c.export.max_shard_size, overwrite=overwrite)
+    summary["export_dir"] = str(export_dir)
+    if c.eval.enabled:
+        after = check(params)
+        (run_dir / "eval_after.json").write_text(json.dumps(after, indent=1))
+        summary["after"] = {k: v for k, v in after.items() if k != "samples"}
+    summary["wall_seconds"] = round(time.time() - t0, 1)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    log.info("SEAM done in %.0f s; summary: %s", summary["wall_seconds"], json.dumps(summary))
+    return summary
+
+
+def _seam_grad(fn, hp, params, batches):
+    return seam_gradient(fn, params, batches, hp)

@@ -1,0 +1,145 @@
+"""``L_ul`` and ``l(theta; D_adv)`` with their gradients, from one forward pass (intent variant).
+
+The logit lens projects every hidden state through the final norm and the LM head:
+31 projections onto a 49152-word vocabulary for SmolLM2, which is most of a SEAM
+step's FLOPs. Differentiating it by plain autodiff, once for ``L_ul`` and once more
+for ``g_a``, costs seven vocabulary projections per layer under rematerialisation.
+Here the cross-entropy gradient is written out instead: per layer, one projection
+for the logits and two for the gradients (``dx = (softmax - onehot) W^T`` and
+``dW = x^T (softmax - onehot)``), three in all, with one layer's logits alive at a
+time. The backward passes through the decoder body (one for ``L_ul``, one for
+``g_a``) run together as one ``vmap`` of the body's pullback.
+
+``tests/seam/test_lens.py`` checks this against plain autodiff of
+``losses.unlearning_and_attack_losses``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from seam_jax.model.api import ModelFn, Params
+from seam_jax.model.config import parse_dtype
+from seam_jax.model.layers import rms_norm
+
+
+def _head(params: Params, tied: bool) -> jax.Array:
+    """The LM head as [D, V]."""
+    if tied:
+        return params["model"]["embed_tokens"]["embedding"].T
+    return params["lm_head"]["kernel"]
+
+
+def _ce_with_grads(x: jax.Array, w: jax.Array, targets: jax.Array, weights: jax.Array
+                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """For rows x [N, D]: (sum_n weights_n CE_n, d/dx [N, D], d/dW [D, V]) of that sum."""
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    logits = jnp.einsum("nd,dv->nv", x, w.astype(x.dtype), preferred_element_type=acc)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+    ce = jnp.sum((lse - picked) * weights)
+    probs = jnp.exp(logits - lse[:, None])
+    g = probs.at[jnp.arange(targets.shape[0]), targets].add(-1.0) * weights[:, None]
+    g = g.astype(x.dtype)
+    dx = jnp.einsum("nv,dv->nd", g, w.astype(x.dtype), preferred_element_type=acc)
+    dw = jnp.einsum("nd,nv->dv", x, g, preferred_element_type=acc)
+    return ce, dx, dw
+
+
+def ul_and_attack_gradients(
+    fn: ModelFn,
+    params: Params,
+    batch: dict,
+    *,
+    lens_layers: Sequence[int] | None = None,
+) -> tuple[tuple[jax.Array, jax.Array], tuple[Params, Params]]:
+    """((L_ul, l_adv), (grad L_ul, g_a)) for the intent variant ``-log(1 + mean_l CE_l)``."""
+    cfg = fn.config
+    n_layers = cfg.num_hidden_layers
+    layers = list(range(n_layers + 1)) if lens_layers is None else sorted(set(lens_layers))
+    if not layers or layers[0] < 0 or layers[-1] > n_layers:
+        raise ValueError(f"lens_layers={lens_layers} must be a non-empty subset of 0..{n_layers}")
+    dtype = parse_dtype(cfg.dtype)
+    ids, mask = batch["input_ids"], batch["loss_mask"]
+    b, t = ids.shape
+
+    def body(p: Params) -> jax.Array:
+        return fn(p, ids, batch["attention_mask"], output_hidden_states=True,
+                  compute_logits=False).hidden_states
+
+    hidden, body_vjp = jax.vjp(body, params)  # [L+1, B, T, D]
+    norm_w = params["model"]["norm"]["weight"]
+    w = _head(params, cfg.tie_word_embeddings)
+    norm = lambda h, nw: rms_norm(h, nw, cfg.rms_norm_eps, dtype)
+
+    # Rows predicting token t+1 from position t; weight = its loss-mask entry.
+    targets = ids[:, 1:].reshape(-1)
+    weights = mask[:, 1:].reshape(-1).astype(jnp.promote_types(dtype, jnp.float32))
+    count = jnp.maximum(jnp.sum(weights), 1.0)
+    others = [l for l in layers if l != n_layers]
+    d = cfg.hidden_size
+
+    def lens_layer(h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """CE sum, d/dh [B,T,D], d/dnorm_w [D], d/dW [D,V] for one hidden state."""
+        x, norm_vjp = jax.vjp(norm, h, norm_w)
+        rows = x[:, :-1].reshape(-1, d)
+        ce, dx_rows, dw = _ce_with_grads(rows, w, targets, weights)
+        dx = jnp.zeros_like(x).at[:, :-1].set(dx_rows.reshape(b, t - 1, d).astype(x.dtype))
+        dh, dnw = norm_vjp(dx)
+        return ce, dh, dnw, dw
+
+    ce_last, dh_last, dnw_last, dw_last = lens_layer(hidden[n_layers])
+    if others:
+        def scan_body(carry, h):
+            dnw_acc, dw_acc = carry
+            ce, dh, dnw, dw = lens_layer(h)
+            return (dnw_acc + dnw.astype(dnw_acc.dtype), dw_acc + dw), (ce, dh)
+
+        acc = jnp.promote_types(dtype, jnp.float32)
+        zero = (jnp.zeros(norm_w.shape, acc), jnp.zeros(w.shape, acc))
+        (dnw_sum, dw_sum), (ce_others, dh_others) = jax.lax.scan(
+            scan_body, zero, hidden[jnp.asarray(others)])
+    else:
+        dnw_sum = dw_sum = 0.0
+        ce_others = jnp.zeros((0,), jnp.float32)
+    in_mean = n_layers in layers
+    ce_sum = jnp.sum(ce_others) + (ce_last if in_mean else 0.0)
+    mean_ce = ce_sum / count / len(layers)
+    l_ul = -jnp.log1p(mean_ce)
+    l_adv = ce_last / count
+    a = -1.0 / (1.0 + mean_ce) / len(layers) / count  # dL_ul/d(CE sum of a layer)
+
+    # Cotangents on the hidden states: row 0 for L_ul, row 1 for l_adv.
+    dh_ul = jnp.zeros_like(hidden)
+    if others:
+        dh_ul = dh_ul.at[jnp.asarray(others)].set((a * dh_others).astype(hidden.dtype))
+    if in_mean:
+        dh_ul = dh_ul.at[n_layers].add((a * dh_last).astype(hidden.dtype))
+    dh_a = jnp.zeros_like(hidden).at[n_layers].set((dh_last / count).astype(hidden.dtype))
+    (g_both,) = jax.vmap(body_vjp)(jnp.stack([dh_ul, dh_a]))
+    g_ul = jax.tree.map(lambda x: x[0], g_both)
+    g_a = jax.tree.map(lambda x: x[1], g_both)
+
+    head_ul = a * (dw_sum + (dw_last if in_mean else 0.0))
+    norm_ul = a * (dnw_sum + (dnw_last if in_mean else 0.0))
+    g_ul = _add_head(g_ul, head_ul, norm_ul, cfg.tie_word_embeddings)
+    g_a = _add_head(g_a, dw_last / count, dnw_last / count, cfg.tie_word_embeddings)
+    return (l_ul, l_adv), (g_ul, g_a)
+
+
+def _add_head(grads: Params, dw: jax.Array, dnw: jax.Array, tied: bool) -> Params:
+    """Add the head's and the final norm's gradients (computed by hand) into ``grads``."""
+    grads = jax.tree.map(lambda x: x, grads)  # a copy of the dict structure
+    m = grads["model"]
+    m["norm"] = {"weight": (m["norm"]["weight"] + dnw).astype(m["norm"]["weight"].dtype)}
+    if tied:
+        e = m["embed_tokens"]["embedding"]
+        m["embed_tokens"] = {"embedding": (e + dw.T).astype(e.dtype)}
+    else:
+        k = grads["lm_head"]["kernel"]
+        grads["lm_head"] = {"kernel": (k + dw).astype(k.dtype)}
+    return grads
+
