@@ -2,8 +2,9 @@
 
 With no arguments it runs ``configs/default.py``: SEAM on SmolLM2-135M-Instruct with
 the offline proxy data, on whatever devices JAX finds. The config's ``job`` field
-picks the work (see ``JOBS``). Errors that a user can fix are printed as one line
-saying what is wrong and how to fix it, without a traceback.
+picks the work (see ``JOBS``). Errors that a user can fix (a misspelt field, a
+missing file, a bad checkpoint) are printed as one line saying what is wrong and
+how to fix it, without a traceback, and the exit code is 2.
 """
 
 from __future__ import annotations
@@ -12,13 +13,9 @@ import importlib
 import logging
 import pathlib
 import sys
+from typing import Any, Sequence
 
-from absl import app, flags, logging as absl_logging
-from ml_collections import config_flags
-
-_DEFAULT = pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py"
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", str(_DEFAULT), "Experiment config file (configs/*.py).", lock_config=True)
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py"
 
 # job name -> module with run(config)
 JOBS = {
@@ -30,31 +27,80 @@ JOBS = {
 }
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.field=value")
+class UsageError(Exception):
+    pass
+
+
+def parse(argv: Sequence[str]) -> Any:
+    """The locked config that ``argv`` describes; UsageError with one line if it cannot."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    fv = flags.FlagValues()
+    saved_argv, sys.argv = sys.argv, list(argv)  # config_flags reads overrides from sys.argv
+    try:
+        # The definition already applies --config.* overrides of argv (ml_collections).
+        holder = config_flags.DEFINE_config_file(
+            "config", str(DEFAULT_CONFIG), "Experiment config file (configs/*.py).",
+            flag_values=fv, lock_config=True)
+        rest = fv(list(argv))
+        config = holder.value
+        config.job  # a config file that failed to load raises only when read
+    except flags.Error as e:
+        raise UsageError(str(e)) from None
+    except (KeyError, AttributeError, TypeError, ValueError) as e:
+        # ml_collections reports an unknown field as KeyError("... Did you mean ..."),
+        # a locked dict as AttributeError, a wrong type as TypeError.
+        msg = str(e.args[0] if e.args else e).replace("\n", " ")
+        raise UsageError(f"bad --config override: {msg}") from None
+    except OSError as e:
+        raise UsageError(str(e).replace("\n", " ")) from None
+    finally:
+        sys.argv = saved_argv
+    if len(rest) > 1:
+        raise UsageError(f"unexpected arguments {rest[1:]}; set fields with --config.FIELD=VALUE")
+    return config
+
+
+def run_config(c: Any) -> Any:
+    """Run the job a config names and return its result (tests call this directly)."""
     from seam_jax.config import validate
+
+    validate(c)
+    if c.job not in JOBS:
+        raise UsageError(f"job={c.job!r}; choose one of {sorted(JOBS)}")
+    return importlib.import_module(JOBS[c.job]).run(c)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    _setup_logging()
     from seam_jax.errors import SeamError
 
-    c = _CONFIG.value
-    # Our own progress at INFO; libraries (orbax logs every file it writes) at WARNING.
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("seam_jax").setLevel(logging.INFO)
     try:
-        validate(c)
-        job = importlib.import_module(JOBS[c.job])
-        job.run(c)
+        c = parse(argv)
+        run_config(c)
+    except UsageError as e:
+        return _fail(str(e))
     except (SeamError, ValueError, FileNotFoundError, FileExistsError) as e:
         # A bug would surface as another exception type, with its traceback.
-        logging.error("%s: %s", type(e).__name__, e)
-        print(f"seam_jax: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(f"{type(e).__name__}: {e}")
     return 0
 
 
-def entry() -> None:
-    app.run(lambda argv: sys.exit(main(argv)))
+def _fail(msg: str) -> int:
+    print(f"seam_jax: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _setup_logging() -> None:
+    from absl import logging as absl_logging
+
+    # Our own progress at INFO; libraries (orbax logs every file it writes) at WARNING.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    absl_logging.use_absl_handler()
+    logging.getLogger("seam_jax").setLevel(logging.INFO)
 
 
 if __name__ == "__main__":
-    entry()
+    sys.exit(main())

@@ -144,9 +144,15 @@ def sd_gradient(
     raise ValueError(f"unknown L_sd estimator {estimator!r}; choose one of {ESTIMATORS}")
 
 
+def _inverse(step: float, norm: jax.Array) -> jax.Array:
+    # 1/(step |g|), and 0 for a zero gradient (an empty loss mask), where the direction
+    # is undefined and 1/(eps * tiny) would overflow to inf (then 0 * inf = NaN).
+    return jnp.where(norm > 0, 1.0 / (step * _safe(norm)), 0.0)
+
+
 def _combine(diff_a: Tree, diff_b: Tree, geo: Geometry, step: float) -> Tree:
-    sa = 1.0 / (step * _safe(geo.norm_a))
-    sb = 1.0 / (step * _safe(geo.norm_b))
+    sa = _inverse(step, geo.norm_a)
+    sb = _inverse(step, geo.norm_b)
     return jax.tree.map(lambda x, y: (sa * x.astype(_acc(x)) + sb * y.astype(_acc(y))).astype(x.dtype),
                         diff_a, diff_b)
 

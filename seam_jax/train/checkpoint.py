@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
+import time
 from typing import Any
 
 import jax
@@ -62,9 +63,20 @@ class Checkpointer:
                     state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
                 return step, out["state"], dict(out["meta"])
             except Exception as e:  # orbax raises many types for a damaged directory
-                log.warning("checkpoint at step %d in %s cannot be read (%s: %s); trying the "
-                            "previous one", step, self.directory, type(e).__name__, str(e)[:200])
+                aside = self._set_aside(step)
+                log.warning("checkpoint at step %d in %s cannot be read (%s: %s); it was moved "
+                            "to %s and the previous one is used", step, self.directory,
+                            type(e).__name__, str(e)[:200], aside)
         return None
+
+    def _set_aside(self, step: int) -> pathlib.Path:
+        """Rename an unreadable checkpoint out of the manager's sight (never delete it)."""
+        src = self.directory / str(step)
+        dst = self.directory / f"unreadable-{step}-{int(time.time())}"
+        if src.exists():
+            src.rename(dst)
+        self.manager.reload()
+        return dst
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -90,7 +90,7 @@ def run(
             batches = jax.tree.map(np.asarray, source.batch_at(step))
             state, metrics = step_fn(state, batches)
             m = {k: float(v) if np.ndim(v) == 0 else v for k, v in jax.device_get(metrics).items()}
-            if m.get("nonfinite"):
+            if m.get("nonfinite") and not m.get("empty_mask"):
                 raise TrainingDiverged(
                     f"step {step}: the loss or gradient is not finite (loss={m['loss']}, "
                     f"grad_norm={m['grad_norm']}); training stopped. The last good checkpoint "

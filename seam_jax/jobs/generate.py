@@ -1,0 +1,30 @@
+"""A short generation demo: answer ``generate.prompts`` with the chat template."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+
+import ml_collections as mlc
+
+from seam_jax.jobs.common import load_model
+from seam_jax.model.generate import generate_text
+
+log = logging.getLogger(__name__)
+
+
+def run(c: mlc.ConfigDict) -> list[str]:
+    m = load_model(c)
+    g = c.generate
+    prompts = list(g.prompts)
+    texts = generate_text(m.fn, m.params, m.tokenizer, prompts, chat=c.data.format == "chat",
+                          max_new_tokens=g.max_new_tokens, temperature=g.temperature,
+                          top_p=g.top_p, batch_size=g.batch_size, seed=c.seed)
+    run_dir = pathlib.Path(c.run_dir).expanduser()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rows = [{"prompt": p, "response": t} for p, t in zip(prompts, texts)]
+    (run_dir / "generations.json").write_text(json.dumps(rows, indent=1))
+    for r in rows:
+        log.info("\n> %s\n%s", r["prompt"], r["response"])
+    return texts
