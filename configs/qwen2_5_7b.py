@@ -1,0 +1,15 @@
+"""SEAM on Qwen2.5-7B-Instruct with the paper's hyperparameters (see llama2_7b_chat.py).
+
+    python -m seam_jax.main --config=configs/qwen2_5_7b.py \
+        --config.data.harmful=PATH/beavertails_with_refusals_train.json
+"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from llama2_7b_chat import paper_config  # noqa: E402
+
+
+def get_config(arg: str | None = None):
+    return paper_config("Qwen/Qwen2.5-7B-Instruct", "runs/qwen2_5_7b")
