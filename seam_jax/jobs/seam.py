@@ -59,6 +59,13 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
             before_file.write_text(json.dumps(before, indent=1))
         summary["before"] = {k: v for k, v in before.items() if k != "samples"}
 
+    if hp.beta:
+        # Where eps*d vanishes in the weights' rounding, Eq. 6 measures noise: say so up front.
+        from seam_jax.theory.precision import check_perturbation
+
+        survival = check_perturbation(m.fn, m.params, batches.batch_at(0), hp.eps, hp.estimator)
+        if survival is not None:
+            summary["perturbation_survival"] = survival
     gradient_fn = functools.partial(_seam_grad, m.fn, hp)
     state = run_loop(
         m.params, gradient_fn, ("targets_adv", "targets_aln", "targets_bgn"), batches,

@@ -1,0 +1,281 @@
+"""The SEAM step against the original algorithm in PyTorch, and against a plain SFT step.
+
+    python -m benchmarks.seam_step                     # tiny config and SmolLM2 at batch 4 x 128
+    python -m benchmarks.seam_step --sizes smollm2 --repeats 5
+
+Cases, each in its own process with the same thread count (default 2):
+- ``sft``: one AdamW step of plain fine-tuning (seam_jax);
+- ``seam_vmap`` / ``seam_seq`` / ``seam_exact``: one SEAM AdamW step with the
+  hessian_free estimator (perturbed gradients vmapped, or sequential) and with
+  exact_hvp (seam_jax);
+- ``torch_original``: the original ``SeamTrainer.training_step`` algorithm on
+  transformers' LlamaForCausalLM (sdpa attention) followed by ``torch.optim.AdamW``.
+  See ``ORIGINAL_REFERENCE`` below for what it does and why it is fair.
+- ``torch_sft``: one AdamW step of plain fine-tuning in PyTorch, for scale.
+
+Reported: median of ``--repeats`` timed runs after a warm-up, peak resident memory of
+the process (model, optimizer state and step), and for JAX the FLOPs from XLA's cost
+analysis, its temporaries, and FLOP/s. A table is printed and JSON written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+from benchmarks.harness import peak_rss_mb, print_table, run_case, timed
+
+ORIGINAL_REFERENCE = """
+The PyTorch reference follows the original training_step pass for pass:
+1. L_ul on the harmful batch with output_hidden_states, the logit lens over every
+   hidden state (lm_head(norm(h))) plus the final logits, -log((sum)/(L+1) + 1);
+   backward; gradients copied out.
+2. L_up (refusal CE) forward/backward; copied out; total = g_ul + alpha g_up.
+3. g_a: the harmful batch forward/backward again (the original's second forward at theta).
+4. g_b: the benign batch forward/backward.
+5. |g_a|, |g_b|, c over all parameters.
+6. Parameters moved in place by eps*(g_b/|g_b| - c g_a/|g_a|) (a saved copy kept), harmful
+   forward/backward, parameters restored; the same for the benign side.
+7. total += beta/eps ((g_a' - g_a)/|g_a| + (g_b' - g_b)/|g_b|); AdamW step.
+Fair to PyTorch: same thread count as JAX, sdpa attention, float32, no hooks or
+synchronisation; the masked CE uses F.cross_entropy with ignore_index (cheaper than the
+original's multiplication of the [B, T, V] logits by a mask), and gradient copies stay
+on the same device (the original moves them to two extra GPUs).
+"""
+
+SIZES = {"tiny": dict(preset="debug"), "smollm2": dict(preset=None)}
+
+
+def _batches(vocab: int, b: int, t: int, seed: int = 0) -> dict:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def one(all_targets: bool = False) -> dict:
+        ids = rng.integers(3, vocab, (b, t)).astype(np.int32)
+        attn = np.ones((b, t), np.int32)
+        loss = attn.copy()
+        if not all_targets:
+            loss[:, : t // 2] = 0  # prompt half, response half
+        return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss}
+
+    adv = one()
+    aln = {k: v.copy() for k, v in adv.items()}
+    aln["input_ids"][:, t // 2:] = rng.integers(3, vocab, (b, t - t // 2))
+    return {"adv": adv, "aln": aln, "bgn": one(True), "train": adv}
+
+
+def _jax_model(a: dict):
+    from seam_jax.model.api import ModelFn
+    from seam_jax.model.config import preset
+
+    if a["preset"]:
+        cfg = preset(a["preset"])
+        fn = ModelFn(cfg)
+        return cfg, fn, fn.init(0)
+    from seam_jax.hf.load import load_hf
+
+    cfg, params, _ = load_hf(a["model_dir"])
+    return cfg, ModelFn(cfg), params
+
+
+def case_jax(a: dict) -> dict:
+    import jax
+
+    from seam_jax.seam.objective import SeamHyper, seam_gradient, sft_gradient
+    from seam_jax.train.optim import OptimConfig, make_optimizer
+    from seam_jax.train.step import init_state, make_step
+
+    cfg, fn, params = _jax_model(a)
+    batches = _batches(cfg.vocab_size, a["batch"], a["seq"])
+    opt, sched = make_optimizer(OptimConfig(lr=1e-5, warmup_ratio=0.0), 1000)
+    kind = a["kind"]
+    if kind == "sft":
+        grad_fn, keys = (lambda p, b: sft_gradient(fn, p, b)), ("targets",)
+    else:
+        hp = SeamHyper(beta=0.01, eps=1e-3, estimator="exact_hvp" if kind == "seam_exact" else "hessian_free",
+                       vmap=kind != "seam_seq", fused_lens=a.get("fused_lens", True))
+        grad_fn, keys = (lambda p, b: seam_gradient(fn, p, b, hp)), ("targets_adv",)
+    step = jax.jit(make_step(grad_fn, opt, sched, target_keys=keys), donate_argnums=(0,))
+    state = init_state(params, opt, 0)
+    del params
+    compiled = step.lower(state, batches).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    mem = compiled.memory_analysis()
+    box = [state]
+
+    def run() -> None:
+        box[0], m = compiled(box[0], batches)
+        jax.block_until_ready(m)
+
+    r = timed(run, a["repeats"])
+    flops = float(cost.get("flops", 0.0))
+    r.update(case=kind, framework="seam_jax", peak_rss_mb=peak_rss_mb(), flops=flops,
+             gflops_per_s=flops / r["median_s"] / 1e9,
+             xla_temp_mb=getattr(mem, "temp_size_in_bytes", 0) / 2**20)
+    return r
+
+
+def _torch_model(a: dict):
+    import torch
+    import transformers
+
+    torch.set_num_threads(a["threads"])
+    if a["preset"]:
+        from seam_jax.model.config import preset
+
+        cfg = preset(a["preset"]).to_hf()
+        hf_cfg = transformers.LlamaConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type")})
+        torch.manual_seed(0)
+        model = transformers.LlamaForCausalLM(hf_cfg)
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(a["model_dir"], dtype=torch.float32)
+    model.config._attn_implementation = "sdpa"
+    return model.float().train()
+
+
+def _t(batch: dict):
+    import torch
+
+    return {k: torch.from_numpy(v.astype("int64")) for k, v in batch.items()}
+
+
+def case_torch(a: dict) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    model = _torch_model(a)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+    b = {k: _t(v) for k, v in _batches(model.config.vocab_size, a["batch"], a["seq"]).items()}
+    alpha, beta, eps = 1.0, 0.01, 1e-3
+
+    def ce(logits, batch):
+        labels = batch["input_ids"][:, 1:].masked_fill(batch["loss_mask"][:, 1:] == 0, -100)
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                               ignore_index=-100)
+
+    def loss(batch):
+        return ce(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch)
+
+    def grads_of(fn):
+        model.zero_grad(set_to_none=True)
+        value = fn()
+        value.backward()
+        out = [p.grad.detach().clone() for p in params]
+        model.zero_grad(set_to_none=True)
+        return value.detach(), out
+
+    def l_ul():
+        adv = b["adv"]
+        out = model(input_ids=adv["input_ids"], attention_mask=adv["attention_mask"], output_hidden_states=True)
+        total = ce(out.logits, adv)
+        head, norm = model.get_output_embeddings(), model.model.norm
+        for h in out.hidden_states:
+            total = total + ce(head(norm(h)), adv)
+        return -torch.log(total / len(out.hidden_states) + 1)
+
+    def norm(gs):
+        return torch.sqrt(sum((g * g).sum() for g in gs))
+
+    def perturbed(d_from, d_against, n_from, n_against, c, batch):
+        saved = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, gf, ga in zip(params, d_from, d_against):
+                p.add_(gf / n_from - c * ga / n_against, alpha=eps)
+        _, g = grads_of(lambda: loss(batch))
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
+        return g
+
+    def seam_step():
+        _, g_ul = grads_of(l_ul)
+        _, g_up = grads_of(lambda: loss(b["aln"]))
+        total = [x + alpha * y for x, y in zip(g_ul, g_up)]
+        del g_ul, g_up
+        _, g_a = grads_of(lambda: loss(b["adv"]))
+        _, g_b = grads_of(lambda: loss(b["bgn"]))
+        na, nb = norm(g_a), norm(g_b)
+        c = sum((x * y).sum() for x, y in zip(g_a, g_b)) / (na * nb + 1e-8)
+        g_ap = perturbed(g_b, g_a, nb, na, c, b["adv"])
+        g_bp = perturbed(g_a, g_b, na, nb, c, b["bgn"])
+        for t, x, xp, y, yp in zip(total, g_a, g_ap, g_b, g_bp):
+            t += beta / eps * ((xp - x) / na + (yp - y) / nb)
+        for p, t in zip(params, total):
+            p.grad = t
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def sft_step():
+        opt.zero_grad(set_to_none=True)
+        loss(b["train"]).backward()
+        opt.step()
+
+    kind = a["kind"]
+    r = timed(seam_step if kind == "torch_original" else sft_step, a["repeats"])
+    r.update(case=kind, framework="PyTorch", peak_rss_mb=peak_rss_mb())
+    return r
+
+
+CASES = {"jax": case_jax, "torch": case_torch}
+KINDS = [("jax", "sft"), ("jax", "seam_vmap"), ("jax", "seam_seq"), ("jax", "seam_exact"),
+         ("torch", "torch_original"), ("torch", "torch_sft")]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--case")
+    p.add_argument("--args")
+    p.add_argument("--sizes", default="tiny,smollm2")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--kinds", default=",".join(k for _, k in KINDS))
+    p.add_argument("--out", default="benchmarks/results/seam_step.json")
+    a = p.parse_args()
+    if a.case:
+        print(json.dumps(CASES[a.case](json.loads(a.args))))
+        return
+    results = {}
+    wanted = set(a.kinds.split(","))
+    for size in a.sizes.split(","):
+        args = dict(SIZES[size], batch=a.batch, seq=a.seq, repeats=a.repeats, threads=a.threads)
+        if size == "smollm2":
+            from seam_jax.hf.default_model import resolve_default_model
+
+            args["model_dir"] = str(resolve_default_model(allow_hub=False))
+        rows = []
+        for framework, kind in KINDS:
+            if kind in wanted:
+                rows.append(run_case("benchmarks.seam_step", framework, {**args, "kind": kind}, a.threads))
+                print(f"  {size}/{kind}: {rows[-1]['median_s']:.3g} s", file=sys.stderr, flush=True)
+        by = {r["case"]: r for r in rows}
+        ratios = {}
+        if "torch_original" in by:
+            for k in ("seam_vmap", "seam_seq", "seam_exact"):
+                if k in by:
+                    ratios[f"time {k} / torch_original"] = by[k]["median_s"] / by["torch_original"]["median_s"]
+                    ratios[f"memory {k} / torch_original"] = by[k]["peak_rss_mb"] / by["torch_original"]["peak_rss_mb"]
+        if "sft" in by:
+            for k in ("seam_vmap", "seam_seq", "seam_exact"):
+                if k in by:
+                    ratios[f"FLOP/s {k} / sft"] = by[k]["gflops_per_s"] / by["sft"]["gflops_per_s"]
+                    ratios[f"memory {k} / sft"] = by[k]["peak_rss_mb"] / by["sft"]["peak_rss_mb"]
+        print(f"\n== {size}: batch {a.batch} x {a.seq}, float32, {a.threads} threads")
+        print_table(rows, ["case", "framework", "median_s", "min_s", "peak_rss_mb", "flops",
+                           "gflops_per_s", "xla_temp_mb"])
+        for k, v in ratios.items():
+            print(f"  {k}: {v:.2f}")
+        results[size] = {"rows": rows, "ratios": ratios, "args": args}
+    out = pathlib.Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
