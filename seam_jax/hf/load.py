@@ -46,13 +46,21 @@ def resolve_source(source: str | os.PathLike, *, allow_hub: bool = True) -> path
             f"model directory {path} does not exist; pass an HF directory with config.json and "
             f"*.safetensors, a .gguf file, or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct"
         )
-    if not allow_hub or os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ConversionError(
-            f"{text!r} is not a local directory and the hub is disabled (HF_HUB_OFFLINE=1 or "
-            f"allow_hub=False); download it first or pass a local path"
-        )
     from huggingface_hub import snapshot_download
 
+    from seam_jax.hf.default_model import hub_offline, hub_reachable
+
+    if not allow_hub or hub_offline() or not hub_reachable(text):
+        # A snapshot already in the local HF cache needs no network.
+        try:
+            local = snapshot_download(text, allow_patterns=HUB_PATTERNS, local_files_only=True)
+            log.info("loaded %s from the local Hugging Face cache at %s", text, local)
+            return pathlib.Path(local)
+        except Exception:
+            raise ConversionError(
+                f"{text!r} is not a local directory, not in the local HF cache, and the hub is "
+                f"disabled or unreachable (HF_HUB_OFFLINE, allow_hub=False, or no network); "
+                f"download it first or pass a local path") from None
     try:
         local = snapshot_download(text, allow_patterns=HUB_PATTERNS)
     except Exception as e:  # the hub's errors vary by version; report them all the same way

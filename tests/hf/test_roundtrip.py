@@ -93,3 +93,9 @@ def test_bad_checkpoints_give_one_clear_error(tmp_path):
     save_file(tensors, str(wrong / "model.safetensors"))
     with pytest.raises(ConversionError, match=r"mlp\.\w+_proj\.weight in model.safetensors has shape \((112, 64|64, 112)\).*implies \((96, 64|64, 96)\)"):
         load_hf(wrong)
+
+
+def test_hub_id_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConversionError, match="not in the local HF cache"):
+        load_hf("no-such-org/no-such-model")
