@@ -53,7 +53,7 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
     precisions = parse_precisions(t.dtypes)
     ref_prec = reference_precision(t.reference, precisions)
     if t.n_rho_samples < 1:
-        raise ConfigError(f"theory.n_rho_samples={t.n_rho_samples}; sample at least theta itself (1)")
+        raise ConfigError(f"theory.n_rho_samples={t.n_rho_samples}; sample at least one point s > 0")
     if t.batch_step < 0:
         raise ConfigError(f"theory.batch_step={t.batch_step}; must be >= 0")
     paper_eps = float(c.seam.eps)
@@ -77,7 +77,7 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
     with precision_scope(ref_prec):
         params = cast_params(m.params, ref_prec)
         ref = bound.reference(model_for(m.cfg, ref_prec), params, adv, bgn, ref_prec,
-                              eps_max=max(grid), n_rho_samples=t.n_rho_samples)
+                              eps_max=max(grid), n_rho_samples=t.n_rho_samples, keep_lead=False)
         del params
     log.info("reference (%s, %.0f s): |g_a| %.4g, |g_b| %.4g, c %.4g, |grad L_sd| %.4g, rho_a %.4g, "
              "rho_b %.4g, |lead| %.4g", ref.precision, time.time() - t_ref, ref.norm_a, ref.norm_b,
@@ -136,6 +136,7 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
                 "paper_eps_regime": per["hessian_free"]["paper_eps_regime"] if "hessian_free" in per else None,
                 "best_eps": per.get("hessian_free", {}).get("best_eps"),
                 "floor": per.get("hessian_free", {}).get("floor"),
+                "eps_star": per.get("hessian_free", {}).get("eps_star"),
                 "slope_forward": per.get("hessian_free", {}).get("slope_truncation"),
                 "slope_central": per.get("central", {}).get("slope_truncation"),
                 "best_eps_central": per.get("central", {}).get("best_eps"),
