@@ -15,7 +15,7 @@ import ml_collections as mlc
 
 from seam_jax.errors import ConfigError
 
-JOBS = ("seam", "convert", "export", "generate", "theory")
+JOBS = ("seam", "convert", "export", "generate", "theory", "attack", "experiment", "plan")
 
 
 def base_config() -> mlc.ConfigDict:
@@ -62,11 +62,56 @@ def base_config() -> mlc.ConfigDict:
     # Job "theory": Theorem 1 checked numerically (seam_jax/theory). eps_grid: "lo:hi:n" (n
     # log-spaced points) or "e1,e2,..."; dtypes: of float64 (x64, enabled for it), float32,
     # bfloat16 (float32 master, bfloat16 compute); reference: precision of the exact grad L_sd
-    # and rho ("auto": float64 if listed, else float32); rho is sampled at n_rho_samples points
-    # of [0, max eps]; batch_step: which step's adv/bgn batches. The eps classified is seam.eps.
+    # and rho ("auto": float64 if listed, else float32); rho is sampled at s = 0 and n_rho_samples
+    # points of [max eps / 100, max eps]; batch_step: which step's adv/bgn batches. The eps
+    # classified is seam.eps.
     c.theory = mlc.ConfigDict(dict(
         eps_grid="1e-9:1e-1:9", dtypes="float64,float32,bfloat16", reference="auto",
         n_rho_samples=3, batch_step=0, vmap=False,
+    ))
+    # Attacks (seam_jax/attack, jobs "attack" and "experiment"): a named grid of cells
+    # (seam_jax.attack.grid.GRIDS: "paper" = the paper's 11, "paper_1k", ...; or "custom" with
+    # custom="method/optimizer/n_samples/lr;..."), kept to cells (names) and lrs; n_samples > 0
+    # gives every cell that many samples (CPU-sized runs). targets: "name=path,..." of
+    # checkpoints to attack (HF dirs or seam_jax run dirs); "" attacks model.source.
+    c.attack = mlc.ConfigDict(dict(
+        grid="paper", cells="", lrs="", n_samples=0, custom="",
+        batch_size=4, epochs=1.0, weight_decay=0.01, warmup_ratio=0.1, schedule="cosine",
+        lora_rank=8, lora_alpha=16.0, lora_dropout=0.05, lora_targets="q,k,v,o,gate,up,down",
+        targets="", out_dir="", keep_checkpoints=False, checkpoint_every=50,
+    ))
+    # HS: greedy-decode max_new_tokens for the first n_prompts test prompts; scorers "keyword"
+    # (offline) and/or "classifier" (an HF sequence classifier, PyTorch; harmful_label -1: auto).
+    c.harm = mlc.ConfigDict(dict(
+        scorers="keyword",
+        classifier="domenicrosati/deberta-v3-xsmall-beavertails-harmful-qa-classifier",
+        harmful_label=-1, n_prompts=100, max_new_tokens=50, batch_size=16,
+    ))
+    # Utility: offline benign loss (n_benign held-out pairs) and proxy MC accuracy (n_mc items);
+    # lm-eval tasks (comma-separated, "" = none; they need their data) with an optional limit;
+    # FS: fs_task in sst2|agnews|gsm8k ("" = skip) from fs_train/fs_test (files or hub ids);
+    # gradient PCA: pca_batches adversarial and benign batches per model, pca_coords coordinates.
+    c.utility = mlc.ConfigDict(dict(
+        n_benign=64, n_mc=64, lm_eval_tasks="", lm_eval_limit=0,
+        fs_task="", fs_train="", fs_test="", fs_steps=50, fs_n_test=100, fs_lr=2e-5,
+        pca_batches=20, pca_coords=200_000,
+    ))
+    # Device mesh (seam_jax/parallel): axis sizes, -1 for "the rest of the devices", and the
+    # preset of logical-axis rules (parallel/rules.py RULES: fsdp_tp, data_parallel).
+    c.mesh = mlc.ConfigDict(dict(data=1, fsdp=-1, tensor=1, rules="fsdp_tp"))
+    # Multi-host start-up (parallel/mesh.py): mode auto (when the environment is a
+    # multi-process job: SLURM, TPU pod, JAX_COORDINATOR_ADDRESS), on (always; JAX detects
+    # the cluster), off; or an explicit coordinator "host:port" with the process count/id.
+    c.distributed = mlc.ConfigDict(dict(
+        mode="auto", coordinator_address="", num_processes=0, process_id=-1, local_device_ids="",
+    ))
+    # Job "plan" (parallel/plan.py): compile the step ahead of time for num_devices devices
+    # (faked on a CPU if needed) and check per-device memory against device_memory_gb (GiB)
+    # times usable_fraction; search: also find the smallest fsdp-only mesh that fits, trying
+    # powers of two up to search_max_devices.
+    c.plan = mlc.ConfigDict(dict(
+        num_devices=8, device_memory_gb=80.0, usable_fraction=0.9, search=False,
+        search_max_devices=64, step="seam",
     ))
     c.progress = True
     return c

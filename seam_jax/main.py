@@ -24,6 +24,9 @@ JOBS = {
     "export": "seam_jax.jobs.convert",
     "generate": "seam_jax.jobs.generate",
     "theory": "seam_jax.jobs.theory",
+    "plan": "seam_jax.jobs.plan",
+    "attack": "seam_jax.jobs.attack",
+    "experiment": "seam_jax.jobs.experiment",
 }
 
 

@@ -1,0 +1,46 @@
+"""Harmful fine-tuning attacks (job "attack"): a resumable sweep over a grid of attack cells.
+
+    # The paper's 11 attacks on a defended model (its run directory or HF export):
+    python -m seam_jax.main --config=configs/attack.py \
+        --config.attack.targets=seam=runs/default/defended-hf
+    # A sub-grid, CPU-sized: cells 2 and 5 (1K, AdamW, lr 5e-5 and 2e-4) with 64 samples each,
+    # on the base model and the defended one:
+    python -m seam_jax.main --config=configs/attack.py --config.attack.cells=2,5 \
+        --config.attack.n_samples=64 \
+        --config.attack.targets=base=PATH/TO/BASE-HF,seam=runs/default
+    # A custom grid:
+    python -m seam_jax.main --config=configs/attack.py --config.attack.grid=custom \
+        --config.attack.custom="lora/adamw/1000/1e-4;full/sgd/1000/1e-4"
+    python -m seam_jax.main --config=configs/attack.py:debug   # tiny random model, seconds
+
+Results: one JSON line per (target, cell) in <run_dir>/attacks/results.jsonl (rerunning
+the command skips finished cells), report.md and hs_utility_vs_lr.png beside it.
+"""
+
+from seam_jax.config import base_config
+
+
+def get_config(arg: str | None = None):
+    c = base_config()
+    c.job = "attack"
+    c.run_dir = "runs/attack"
+    c.data.format = "chat"
+    c.data.context_length = 96
+    c.attack.grid = "paper"
+    c.harm.n_prompts = 100
+    c.harm.max_new_tokens = 50
+    if arg == "debug":
+        c.run_dir = "runs/attack-debug"
+        c.model.source = "preset:debug"
+        c.data.format = "qa"
+        c.data.n_defense, c.data.n_attack, c.data.n_test = 16, 32, 8
+        c.attack.grid = "paper_1k"
+        c.attack.cells = "2,5"
+        c.attack.n_samples = 8
+        c.attack.batch_size = 2
+        c.harm.n_prompts, c.harm.max_new_tokens = 4, 8
+        c.utility.n_benign, c.utility.n_mc = 8, 8
+        c.progress = False
+    elif arg:
+        raise ValueError(f"configs/attack.py takes no argument or 'debug', not {arg!r}")
+    return c
