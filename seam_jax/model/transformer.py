@@ -13,7 +13,9 @@ their own slot. Without a cache, slots are token indices.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import contextlib
+import contextvars
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +26,29 @@ from seam_jax.model.layers import Embed, Linear, RMSNorm
 from seam_jax.model.rope import apply_rope, inverse_frequencies, rope_tables
 
 LAYER_AXES = ("layers",)
+_RESIDUAL = ("batch", "length", "act_embed")
+
+# Set only while ``seam_jax.parallel`` traces a sharded step; otherwise ``constrain`` is the
+# identity, so an unsharded model traces to exactly the same program.
+_CONSTRAINT: contextvars.ContextVar[Callable[[jax.Array, tuple], jax.Array] | None] = (
+    contextvars.ContextVar("seam_jax_activation_constraint", default=None))
+
+
+def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+    """Hint the sharding of activation ``x`` by logical axis names (``batch``, ``length``,
+    ``act_embed``, ...); a no-op unless ``activation_constraint`` is active."""
+    fn = _CONSTRAINT.get()
+    return x if fn is None else fn(x, axes)
+
+
+@contextlib.contextmanager
+def activation_constraint(fn: Callable[[jax.Array, tuple], jax.Array]) -> Iterator[None]:
+    """Make ``constrain`` call ``fn(x, axes)`` (``parallel.rules.activation_sharding``)."""
+    token = _CONSTRAINT.set(fn)
+    try:
+        yield
+    finally:
+        _CONSTRAINT.reset(token)
 
 
 class KVCache(NamedTuple):
@@ -72,9 +97,12 @@ class Attention(nnx.Module):
         cache_index: jax.Array | None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q = constrain(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim),
+                      ("batch", "length", "act_heads", None))
+        k = constrain(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim),
+                      ("batch", "length", "act_kv_heads", None))
+        v = constrain(self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim),
+                      ("batch", "length", "act_kv_heads", None))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         new_kv = None
         if kv is not None:
@@ -112,7 +140,9 @@ class MLP(nnx.Module):
         self.down_proj = Linear(f, d, ("mlp", "embed"), **common)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        h = constrain(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x),
+                      ("batch", "length", "act_mlp"))
+        return self.down_proj(h)
 
 
 class DecoderLayer(nnx.Module):
@@ -202,7 +232,7 @@ class Transformer(nnx.Module):
         cos, sin = rope_tables(positions, inv_freq, dt)
         q_slots = jnp.broadcast_to(jnp.arange(t)[None, :] + cache_index, (b, t))
         key_valid = attention_mask if cache is None else cache_valid
-        x = self.model.embed_tokens(input_ids)
+        x = constrain(self.model.embed_tokens(input_ids), _RESIDUAL)
 
         graph, layer_params = nnx.split(self.model.layers)
 
@@ -210,6 +240,7 @@ class Transformer(nnx.Module):
             params, kv = xs
             layer = nnx.merge(graph, params)
             h, new_kv = layer(h, cos, sin, key_valid, q_slots, kv, cache_index)
+            h = constrain(h, _RESIDUAL)
             return h, (h if output_hidden_states else None, new_kv)
 
         if cfg.remat != "none":
@@ -226,6 +257,8 @@ class Transformer(nnx.Module):
             hs, new_kv = jax.tree.map(lambda *a: jnp.stack(a), *outs) if outs else (None, None)
         hidden = jnp.concatenate([x[None], hs], axis=0) if output_hidden_states else None
         final = self.model.norm(h)
-        logits = self.head(final) if compute_logits else None
+        logits = None
+        if compute_logits:
+            logits = constrain(self.head(final), ("batch", "length", "act_vocab"))
         new_cache = KVCache(*new_kv) if cache is not None else None
         return Output(logits, hidden, final, new_cache)

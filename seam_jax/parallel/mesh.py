@@ -1,0 +1,169 @@
+"""The device mesh (``data``, ``fsdp``, ``tensor``) from the config, and multi-host start-up.
+
+``c.mesh`` gives one size per axis; ``-1`` means "the devices left over" (at most one
+axis may say so). ``c.distributed`` says whether and how to call
+``jax.distributed.initialize``: ``auto`` does it when the environment is a
+multi-process job (SLURM with several tasks, a TPU pod that exports its worker
+list, or ``JAX_COORDINATOR_ADDRESS``), ``on`` always does it (JAX then detects TPU
+pods, SLURM, Open MPI, Kubernetes itself), ``off`` never does. An explicit
+``coordinator_address`` with ``num_processes`` and ``process_id`` overrides detection.
+``initialize_distributed`` must run before anything else touches JAX devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+from jax.sharding import AxisType, Mesh
+
+from seam_jax.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+AXES = ("data", "fsdp", "tensor")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Sizes of the mesh axes (-1: the rest of the devices) and the rules preset."""
+
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+    rules: str = "fsdp_tp"
+
+    @classmethod
+    def from_config(cls, c: Any) -> "MeshConfig":
+        """From ``c.mesh`` (a ConfigDict or mapping with data, fsdp, tensor, rules)."""
+        m = c.mesh
+        return cls(data=int(m.data), fsdp=int(m.fsdp), tensor=int(m.tensor), rules=str(m.rules))
+
+    def sizes(self) -> tuple[int, int, int]:
+        return (self.data, self.fsdp, self.tensor)
+
+
+def resolve_sizes(sizes: Sequence[int], num_devices: int, names: Sequence[str] = AXES) -> tuple[int, ...]:
+    """Replace a single -1 by ``num_devices / prod(other sizes)``; check the product.
+
+    Raises:
+      ConfigError: more than one -1, a size below 1, or sizes that do not multiply to
+        ``num_devices``.
+    """
+    sizes = tuple(int(s) for s in sizes)
+    desc = ", ".join(f"{n}={s}" for n, s in zip(names, sizes))
+    free = [i for i, s in enumerate(sizes) if s == -1]
+    if len(free) > 1:
+        raise ConfigError(f"mesh ({desc}): only one axis may be -1 (the rest of the devices)")
+    if any(s < 1 for i, s in enumerate(sizes) if i not in free):
+        raise ConfigError(f"mesh ({desc}): axis sizes must be positive, or -1 for the rest")
+    fixed = math.prod(s for s in sizes if s != -1)
+    if free:
+        if num_devices % fixed:
+            raise ConfigError(f"mesh ({desc}): {num_devices} devices do not divide by the fixed "
+                              f"axes' product {fixed}")
+        sizes = tuple(num_devices // fixed if s == -1 else s for s in sizes)
+    if math.prod(sizes) != num_devices:
+        raise ConfigError(f"mesh ({desc}) has {math.prod(sizes)} devices but {num_devices} are "
+                          f"in use; set one axis to -1 or make the product {num_devices}")
+    return sizes
+
+
+def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over ``devices`` (default: all devices of all hosts).
+
+    ``jax.make_mesh`` orders the devices for the physical topology (ICI rings on TPU)
+    and host-major, so ``tensor`` (the last, fastest-varying axis) stays within a host.
+    Axes are ``Auto``: jit's sharding propagation (GSPMD) places what we do not.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = resolve_sizes(cfg.sizes(), len(devices))
+    mesh = jax.make_mesh(sizes, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+    log.info("mesh %s over %d devices (%s)", dict(mesh.shape), len(devices), devices[0].platform)
+    return mesh
+
+
+# ------------------------------------------------------------------ multi-host
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """``c.distributed``: mode auto | on | off, and an optional explicit coordinator."""
+
+    mode: str = "auto"
+    coordinator_address: str = ""
+    num_processes: int = 0
+    process_id: int = -1
+    local_device_ids: str = ""  # comma-separated, for one process per GPU on a host
+
+    @classmethod
+    def from_config(cls, c: Any) -> "DistributedConfig":
+        d = c.distributed
+        return cls(mode=str(d.mode), coordinator_address=str(d.coordinator_address),
+                   num_processes=int(d.num_processes), process_id=int(d.process_id),
+                   local_device_ids=str(d.local_device_ids))
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "on", "off"):
+            raise ConfigError(f"distributed.mode={self.mode!r}; choose auto, on or off")
+
+
+def multiprocess_environment(env: Mapping[str, str] | None = None) -> str | None:
+    """Name of the multi-process launcher the environment shows, or None for one process."""
+    env = os.environ if env is None else env
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        return "JAX_COORDINATOR_ADDRESS"
+    ntasks = env.get("SLURM_NTASKS") or env.get("SLURM_NPROCS")
+    if env.get("SLURM_JOB_ID") and ntasks and int(ntasks) > 1:
+        return "SLURM"
+    if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
+        return "TPU pod"
+    if env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        return "TPU multislice"
+    return None
+
+
+def distributed_kwargs(cfg: DistributedConfig, env: Mapping[str, str] | None = None
+                       ) -> dict[str, Any] | None:
+    """The arguments for ``jax.distributed.initialize``, or None when it should not be called.
+
+    An empty dict means "let JAX detect the cluster" (TPU pod, SLURM, Open MPI, ...).
+    """
+    env = os.environ if env is None else env
+    if cfg.mode == "off":
+        return None
+    kw: dict[str, Any] = {}
+    address = cfg.coordinator_address or env.get("JAX_COORDINATOR_ADDRESS", "")
+    if address:
+        nproc = cfg.num_processes or int(env.get("JAX_NUM_PROCESSES", "0"))
+        pid = cfg.process_id if cfg.process_id >= 0 else int(env.get("JAX_PROCESS_ID", "-1"))
+        if nproc < 1 or pid < 0:
+            raise ConfigError(
+                f"coordinator {address} is set but the process count or id is not: set "
+                f"distributed.num_processes and distributed.process_id (or JAX_NUM_PROCESSES "
+                f"and JAX_PROCESS_ID)")
+        kw = dict(coordinator_address=address, num_processes=nproc, process_id=pid)
+    if cfg.local_device_ids:
+        kw["local_device_ids"] = [int(x) for x in cfg.local_device_ids.split(",")]
+    if cfg.mode == "auto" and not kw and multiprocess_environment(env) is None:
+        return None
+    return kw
+
+
+def initialize_distributed(cfg: DistributedConfig) -> bool:
+    """Call ``jax.distributed.initialize`` if ``cfg`` and the environment ask for it.
+
+    Returns whether it was called. Must run before the first use of JAX devices.
+    """
+    kw = distributed_kwargs(cfg)
+    if kw is None:
+        log.info("single process (distributed.mode=%s, no multi-process launcher found)", cfg.mode)
+        return False
+    log.info("jax.distributed.initialize(%s) [%s]", kw or "auto-detect",
+             multiprocess_environment() or "explicit")
+    jax.distributed.initialize(**kw)
+    log.info("process %d of %d; %d local and %d global devices", jax.process_index(),
+             jax.process_count(), jax.local_device_count(), jax.device_count())
+    return True

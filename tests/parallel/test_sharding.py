@@ -1,0 +1,324 @@
+"""Sharded training equals single-device training; FSDP splits the state; checkpoints change mesh.
+
+On 8 fake CPU devices (tests/conftest.py), with a float32 tiny model whose sizes
+divide every mesh (4 heads, 2 kv heads, hidden 64, MLP 128, vocabulary 256, 2 layers,
+batch 8):
+
+- The sharded SEAM step (hessian_free with vmapped perturbed gradients on meshes
+  (data, fsdp, tensor) = (8,1,1), (1,8,1), (2,2,2), (1,4,2); exact_hvp, i.e. jvp over
+  grad, on (2,2,2)) and the sharded SFT step give the single-device step's metrics and
+  updated parameters within 1e-5 relative. The optimizer is SGD with learning rate 1,
+  so the parameter update *is* the SEAM gradient and is compared too (Adam's first
+  step, about lr * sign(g), would hide a wrong gradient). Sharding only reorders
+  float32 sums (psums of partial matmuls and batch reductions), ~1e-7 relative per
+  reduction; 1e-5 leaves room for that through a 2-layer model but not for a wrong
+  layout, which is off by O(1). hessian_free's finite difference cancels ~3 digits
+  (eps = 1e-3 on float32 parameters), so its L_sd term carries reassociation noise
+  near 1e-4 of itself; the test uses the paper's beta = 0.01, which puts that noise
+  near 1e-6 of the update. exact_hvp has no cancellation and runs with beta = 1.
+- FSDP over 8 devices: each device holds at most 1/8 of the parameters and of the
+  AdamW state plus 5% (the replicated norm vectors).
+- A checkpoint written on mesh (fsdp, tensor) = (2, 4) restores onto (4, 2) and
+  (1, 8), bitwise, with the new layout; two more AdamW steps there match two more on
+  the original mesh within 1e-5 relative (reduction order again).
+
+Compiles dominate the runtime, so each step is compiled once (module-scoped caches)
+with less LLVM optimisation (``FAST``): the SPMD partitioning under test happens
+before the backend, and both sides of each comparison use the same options.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import os
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import tiny
+from seam_jax.errors import ConfigError
+from seam_jax.model.api import ModelFn
+from seam_jax.model.config import ModelConfig
+from seam_jax.parallel import sharded
+from seam_jax.parallel.mesh import DistributedConfig, MeshConfig, distributed_kwargs, make_mesh, resolve_sizes
+from seam_jax.parallel.plan import PlanConfig, StepSpec, plan_step
+from seam_jax.parallel.rules import RULES, Rules, ShardingError
+from seam_jax.seam.objective import SeamHyper, seam_gradient, sft_gradient
+from seam_jax.train.checkpoint import CheckpointConfig, Checkpointer
+from seam_jax.train.optim import OptimConfig
+from seam_jax.train.step import init_state, make_step
+
+CFG = ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                  initializer_range=0.1, tie_word_embeddings=False)
+FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+RTOL = 1e-5
+SEAM_TARGETS = ("targets_adv", "targets_aln", "targets_bgn")
+HP = {"hessian_free": SeamHyper(beta=0.01, estimator="hessian_free", vmap=True),
+      "exact_hvp": SeamHyper(beta=1.0, estimator="exact_hvp")}
+CASES = [("hessian_free", (8, 1, 1)), ("hessian_free", (1, 8, 1)), ("hessian_free", (2, 2, 2)),
+         ("hessian_free", (1, 4, 2)), ("exact_hvp", (2, 2, 2)), ("sft", (1, 4, 2))]
+
+
+@functools.cache
+def fn() -> ModelFn:
+    return ModelFn(CFG)
+
+
+def batches(kind: str, step: int = 0) -> dict:
+    b = tiny.seam_batches(step, b=8, t=16, vocab=CFG.vocab_size)
+    return {"train": b["adv"]} if kind == "sft" else b
+
+
+def gradient(kind: str):
+    if kind == "sft":
+        return (lambda p, b: sft_gradient(fn(), p, b, "train")), ("targets",)
+    return (lambda p, b: seam_gradient(fn(), p, b, HP[kind])), SEAM_TARGETS
+
+
+def rules_for(sizes: tuple[int, int, int]) -> Rules:
+    return Rules.preset("fsdp_tp", make_mesh(MeshConfig(*sizes)))
+
+
+def as_np(tree):
+    return jax.tree.map(lambda x: np.asarray(x, np.float64), jax.device_get(tree))
+
+
+def rel(a, b) -> float:
+    """||a - b|| / ||b|| (float64)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def assert_trees_close(got, want, what: str, rtol: float = RTOL) -> None:
+    errs = jax.tree_util.tree_flatten_with_path(jax.tree.map(rel, got, want))[0]
+    bad = {jax.tree_util.keystr(p): e for p, e in errs if not e <= rtol}
+    assert not bad, f"{what}: relative errors above {rtol}: {bad}"
+
+
+SGD = optax.sgd(1.0)
+SGD_SCHED = optax.constant_schedule(1.0)
+
+
+def lower_reference(kind: str):
+    grad, targets = gradient(kind)
+    params = jax.jit(lambda: fn().init(0))()  # jitted like shard_init (eager differs by 1 ulp)
+    state = init_state(params, SGD, 0)
+    return jax.jit(make_step(grad, SGD, SGD_SCHED, target_keys=targets)).lower(state, batches(kind))
+
+
+def lower_sharded(kind: str, sizes: tuple[int, int, int], optimizer=SGD, schedule=SGD_SCHED):
+    rules = rules_for(sizes)
+    grad, targets = gradient(kind)
+    p_sh = sharded.param_shardings(fn(), rules)
+    abstract = sharded.abstract_state(fn(), optimizer, p_sh, rules.mesh)
+    st_sh = jax.tree.map(lambda s: s.sharding, abstract)
+    step = sharded.jit_train_step(grad, optimizer, schedule, target_keys=targets, rules=rules,
+                                  state_sh=st_sh, batch_sh=sharded.batch_sharding(rules, 8))
+    return step.lower(abstract, sharded.abstract_batches(batches(kind), rules)), rules, abstract
+
+
+ADAMW = OptimConfig(name="adamw", lr=1e-2, warmup_ratio=0.0, schedule="constant")
+RESTORE_MESHES = ((1, 2, 4), (1, 4, 2), (1, 1, 8))
+
+
+@functools.cache
+def compiled() -> dict:
+    """Every step this module runs, lowered in turn and compiled concurrently.
+
+    XLA compiles without the GIL, so the compiles share the cores (the runtime is
+    theirs); each key maps to (compiled, rules, abstract state).
+    """
+    from seam_jax.train.optim import make_optimizer
+
+    lowered = {("ref", k): (lower_reference(k), None, None) for k in {k for k, _ in CASES}}
+    lowered.update({("sharded", k, m): lower_sharded(k, m) for k, m in CASES})
+    optimizer, schedule = make_optimizer(ADAMW, 10)
+    lowered.update({("adamw", m): lower_sharded("sft", m, optimizer, schedule) for m in RESTORE_MESHES})
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        futures = {k: pool.submit(lo.compile, FAST) for k, (lo, _, _) in lowered.items()}
+        return {k: (futures[k].result(), r, a) for k, (_, r, a) in lowered.items()}
+
+
+@functools.cache
+def reference(kind: str):
+    """(initial params, params after one SGD step, metrics) on one device."""
+    params = jax.jit(lambda: fn().init(0))()
+    new, m = compiled()[("ref", kind)][0](init_state(params, SGD, 0), batches(kind))
+    return as_np(params), as_np(new["params"]), jax.device_get(m)
+
+
+@pytest.mark.parametrize("kind,sizes", CASES, ids=[f"{k}-{'x'.join(map(str, s))}" for k, s in CASES])
+def test_sharded_step_equals_single_device(kind, sizes):
+    p0, p1_ref, m_ref = reference(kind)
+    step, rules, abstract = compiled()[("sharded", kind, sizes)]
+    st_sh = jax.tree.map(lambda s: s.sharding, abstract)
+    p_sh = st_sh["params"]
+
+    params = sharded.shard_init(fn(), p_sh, 0)
+    # The sharded init draws the same numbers as the unsharded jitted one (partitionable threefry).
+    jax.tree.map(np.testing.assert_array_equal, as_np(params), p0)
+    state = sharded.shard_init_state(params, SGD, st_sh, 0)
+    new, m = step(state, sharded.global_batch(batches(kind), rules))
+
+    assert jax.tree.map(lambda x: x.sharding, new["params"]) == p_sh
+    m = jax.device_get(m)
+    assert m.keys() == m_ref.keys()
+    for k in m_ref:
+        np.testing.assert_allclose(m[k], m_ref[k], rtol=RTOL, atol=0, err_msg=k)
+    new_p = as_np(new["params"])
+    assert_trees_close(new_p, p1_ref, "updated params")
+    assert_trees_close(jax.tree.map(np.subtract, new_p, p0), jax.tree.map(np.subtract, p1_ref, p0),
+                       "the update (the gradient)")
+
+
+def test_fsdp_shards_params_and_optimizer_state():
+    rules = rules_for((1, 8, 1))
+    optimizer = optax.adamw(1e-3)
+    p_sh = sharded.param_shardings(fn(), rules)
+    st_sh = jax.tree.map(lambda s: s.sharding, sharded.abstract_state(fn(), optimizer, p_sh, rules.mesh))
+    state = sharded.shard_init_state(sharded.shard_init(fn(), p_sh, 0), optimizer, st_sh, 0)
+    for name in ("params", "opt_state"):
+        per_device = sharded.bytes_per_device(state[name])
+        total = sharded.total_bytes(state[name])
+        assert len(per_device) == 8
+        assert max(per_device.values()) <= total / 8 * 1.05, (name, per_device, total)
+    # Every weight matrix is split over fsdp along its embed dimension.
+    spec = p_sh["model"]["layers"]["mlp"]["down_proj"]["kernel"].spec
+    assert tuple(spec) == (None, "tensor", "fsdp")
+
+
+# ------------------------------------------------------------------ restore onto another mesh
+def adamw_step(sizes: tuple[int, int, int]):
+    """(optimizer, rules, abstract state, compiled AdamW SFT step) on mesh ``sizes``."""
+    from seam_jax.train.optim import make_optimizer
+
+    step, rules, abstract = compiled()[("adamw", sizes)]
+    return make_optimizer(ADAMW, 10)[0], rules, abstract, step
+
+
+def run_steps(sizes, state, start: int, n: int):
+    _, rules, _, compiled = adamw_step(sizes)
+    for s in range(start, start + n):
+        state, m = compiled(state, sharded.global_batch(batches("sft", s), rules))
+        assert int(m["skipped"]) == 0
+    return state
+
+
+@pytest.mark.parametrize("target", [(1, 4, 2), (1, 1, 8)], ids=["to-4x2", "to-1x8"])
+def test_checkpoint_restores_onto_another_mesh(tmp_path, target):
+    source = (1, 2, 4)
+    optimizer, _, abstract_src, _ = adamw_step(source)
+    st_sh = jax.tree.map(lambda s: s.sharding, abstract_src)
+    state = sharded.shard_init_state(sharded.shard_init(fn(), st_sh["params"], 0), optimizer, st_sh, 0)
+    state = run_steps(source, state, 0, 2)
+    ckpt = Checkpointer(tmp_path / "ckpt", CheckpointConfig(every=1, keep=1, use_async=False))
+    ckpt.save(2, state, {"step": 2}, force=True)
+    ckpt.wait()
+    saved = as_np(state)
+    want = as_np(run_steps(source, state, 2, 2)["params"])  # state is donated here
+
+    _, _, abstract_dst, _ = adamw_step(target)
+    step, restored, meta = ckpt.restore_latest(abstract_dst)
+    ckpt.close()
+    assert step == 2 and meta["step"] == 2
+    assert jax.tree.map(lambda x: x.sharding, restored) == jax.tree.map(lambda x: x.sharding, abstract_dst)
+    jax.tree.map(np.testing.assert_array_equal, as_np(restored), saved)
+    got = as_np(run_steps(target, restored, 2, 2)["params"])
+    assert_trees_close(got, want, f"params after resuming on mesh {target}")
+
+
+def test_training_setup_drives_the_training_loop(tmp_path):
+    """``sharded_training_setup`` as the SEAM job would use it: params placed by its
+    shardings, ``train.loop.run`` compiled with its jit arguments, and the checkpoint
+    restorable onto its state layout."""
+    from seam_jax.config import base_config
+    from seam_jax.train.loop import LoopConfig, run
+
+    c = base_config()
+    c.mesh.fsdp, c.mesh.tensor = -1, 2
+    c.data.batch_size, c.steps, c.optim.lr = 8, 2, 1e-2
+    setup = sharded.sharded_training_setup(c)
+    assert dict(setup.mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 2}
+    params = jax.device_put(fn().init(0), setup.param_shardings_fn(CFG))
+
+    class Source:
+        def batch_at(self, step: int) -> dict:
+            return batches("sft", step)
+
+    loop = LoopConfig(steps=2, run_dir=tmp_path, progress=False,
+                      checkpoint=CheckpointConfig(every=2, keep=1, use_async=False))
+    grad = setup.wrap_gradient(gradient("sft")[0])
+    state = run(params, grad, ("targets",), Source(), OptimConfig(**c.optim.to_dict()), loop,
+                jit_kwargs={**setup.jit_kwargs(fn()), "compiler_options": FAST})
+    assert int(state["step"]) == 2
+    state_sh = setup.state_shardings(fn())
+    assert jax.tree.map(lambda x: x.sharding, state) == state_sh
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            state, state_sh)
+    ckpt = Checkpointer(tmp_path / "checkpoints", CheckpointConfig())
+    step, restored, _ = ckpt.restore_latest(abstract)
+    ckpt.close()
+    assert step == 2
+    jax.tree.map(np.testing.assert_array_equal, as_np(restored["params"]), as_np(state["params"]))
+
+
+# ------------------------------------------------------------------ config, rules, plan
+def test_mesh_sizes_from_config():
+    assert resolve_sizes((1, -1, 1), 8) == (1, 8, 1)
+    assert resolve_sizes((2, -1, 2), 8) == (2, 2, 2)
+    assert resolve_sizes((2, 4, 1), 8) == (2, 4, 1)
+    for bad in [(-1, -1, 1), (3, -1, 1), (2, 2, 1), (0, -1, 1)]:
+        with pytest.raises(ConfigError):
+            resolve_sizes(bad, 8)
+    mesh = make_mesh(MeshConfig(data=2, fsdp=-1, tensor=2))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+
+
+def test_every_param_needs_a_rule_and_divisible_sizes():
+    mesh = make_mesh(MeshConfig(1, 8, 1))
+    table = {k: v for k, v in RULES["fsdp_tp"].items() if k != "mlp"}
+    with pytest.raises(ShardingError, match=r"model\.layers\.mlp\.\w+_proj\.kernel.*'mlp'"):
+        Rules(table, mesh).param_shardings(fn().abstract_params, fn().logical_axes)
+    odd = ModelFn(CFG.replace(hidden_size=36, head_dim=9))  # 36 does not divide over fsdp=8
+    with pytest.raises(ShardingError, match="does not divide"):
+        sharded.param_shardings(odd, Rules.preset("fsdp_tp", mesh))
+
+
+def test_distributed_from_config_and_environment():
+    cfg = DistributedConfig()
+    assert distributed_kwargs(cfg, {}) is None  # one process
+    assert distributed_kwargs(cfg, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}) is None
+    assert distributed_kwargs(cfg, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}) == {}  # JAX detects
+    assert distributed_kwargs(cfg, {"TPU_WORKER_HOSTNAMES": "a,b,c,d"}) == {}
+    assert distributed_kwargs(DistributedConfig(mode="on"), {}) == {}
+    slurm = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}
+    assert distributed_kwargs(DistributedConfig(mode="off"), slurm) is None
+    explicit = DistributedConfig(coordinator_address="10.0.0.1:1234", num_processes=2, process_id=1)
+    assert distributed_kwargs(explicit, {}) == dict(coordinator_address="10.0.0.1:1234",
+                                                    num_processes=2, process_id=1)
+    env = {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
+    assert distributed_kwargs(cfg, env) == dict(coordinator_address="h:1", num_processes=4, process_id=3)
+    with pytest.raises(ConfigError):
+        distributed_kwargs(DistributedConfig(coordinator_address="h:1"), {})
+
+
+def test_plan_compiles_from_shapes_and_reports_memory():
+    """The AOT plan on the tiny model (the SFT step: the same lowering path as the SEAM
+    step above, in a fraction of the compile time), bf16 compute over float32 masters."""
+    model = CFG.replace(param_dtype="float32", dtype="bfloat16", remat="full")
+    spec = StepSpec(model=model, hp=SeamHyper(), optim=OptimConfig(), batch_size=8, seq_len=16,
+                    step="sft")
+    plan = PlanConfig(num_devices=8, device_memory_gb=1.0)
+    p = plan_step(spec, MeshConfig(1, -1, 1), plan, 8)
+    assert p.mesh == {"data": 1, "fsdp": 8, "tensor": 1} and p.fits
+    assert p.peak_bytes == p.argument_bytes + p.output_bytes - p.alias_bytes + p.temp_bytes
+    # Master weights and AdamW moments stay float32 under bf16 compute: 3 x 4 bytes per
+    # parameter, split 8 ways (+5% for the replicated norm vectors).
+    share = 12 * model.num_params() / 8
+    assert share <= p.state_bytes <= share * 1.05
+    assert p.argument_bytes >= p.state_bytes and p.alias_bytes >= p.state_bytes  # donated
+    assert p.margin_bytes == p.budget_bytes - p.peak_bytes
