@@ -9,20 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from seam_jax.data.format import encode_prompts
 from seam_jax.eval.refusal import is_refusal
 from seam_jax.model.api import ModelFn, Params
-from seam_jax.model.generate import generate
-
-
-def _decode(fn: ModelFn, params: Params, tok: Any, prompts: Sequence[str], fmt: str,
-            max_new_tokens: int, batch_size: int) -> list[str]:
-    ids = encode_prompts(tok, list(prompts), fmt)
-    eos = fn.config.eos_token_id if fn.config.eos_token_id is not None else tok.eos_token_id
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    out = generate(fn, params, ids, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                   pad_token_id=pad, batch_size=batch_size)
-    return [tok.decode(t, skip_special_tokens=True) for t in out]
+from seam_jax.eval.harm import generate_responses
 
 
 def behaviour(fn: ModelFn, params: Params, tok: Any, *, harmful_prompts: Sequence[str],
@@ -32,8 +21,9 @@ def behaviour(fn: ModelFn, params: Params, tok: Any, *, harmful_prompts: Sequenc
 
     ``benign`` items have ``prompt`` and ``answer`` (the proxy's BenignItem).
     """
-    harm = _decode(fn, params, tok, harmful_prompts, fmt, max_new_tokens, batch_size)
-    ben = _decode(fn, params, tok, [b.prompt for b in benign], fmt, max_new_tokens, batch_size)
+    harm = generate_responses(fn, params, tok, harmful_prompts, fmt=fmt, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    ben = generate_responses(fn, params, tok, [b.prompt for b in benign], fmt=fmt,
+                             max_new_tokens=max_new_tokens, batch_size=batch_size)
     correct = [str(b.answer).lower() in t.lower() for b, t in zip(benign, ben)]
     return {
         "harmful_refusal_rate": sum(map(is_refusal, harm)) / max(len(harm), 1),
