@@ -133,10 +133,11 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
                       f"(reference: exact_hvp in {ref.precision}; c = {ref.cos:.3f})")
     summary = {
         dtype: {"paper_eps": paper_eps,
-                "paper_eps_regime": per["hessian_free"]["paper_eps_regime"] if "hessian_free" in per else None,
+                "paper_eps_regime": per.get("hessian_free", {}).get("paper_eps_regime"),
                 "best_eps": per.get("hessian_free", {}).get("best_eps"),
                 "floor": per.get("hessian_free", {}).get("floor"),
                 "eps_star": per.get("hessian_free", {}).get("eps_star"),
+                "bound_exceeded_at": per.get("hessian_free", {}).get("bound_exceeded_at"),
                 "slope_forward": per.get("hessian_free", {}).get("slope_truncation"),
                 "slope_central": per.get("central", {}).get("slope_truncation"),
                 "best_eps_central": per.get("central", {}).get("best_eps"),

@@ -183,11 +183,13 @@ def summary_lines(analysis: dict[str, dict[str, Any]], dtype_info: dict[str, dic
             parts.append(f"{dtype}: eps = {paper_eps:g}{tag} lies {where}; forward-difference rel. "
                          f"error there {_g(fwd['paper_eps_rel_error'])}, best eps {_g(fwd['best_eps'])} "
                          f"(floor {_g(fwd['floor'])}; model optimum {_g(fwd['eps_star'])}), slope "
-                         f"{_f(fwd['slope_truncation'])} (truncation) / {_f(fwd['slope_roundoff'])} (round-off)")
+                         f"{_f(fwd['slope_truncation'])} (truncation) / {_f(fwd['slope_roundoff'])} "
+                         f"(round-off)")
             if fwd["bound_exceeded_at"]:
-                parts.append(f"the bound is exceeded at eps = {', '.join(f'{e:g}' for e in fwd['bound_exceeded_at'])} "
-                             f"(error/bound up to {fwd['max_error_over_bound']:.3g}): the sampled rho misses "
-                             f"the sup of |D^3 l| on that segment; sample more (theory.n_rho_samples)")
+                at = ", ".join(f"{e:g}" for e in fwd["bound_exceeded_at"])
+                parts.append(f"the bound is exceeded at eps = {at} (error/bound up to "
+                             f"{fwd['max_error_over_bound']:.3g}): the sampled rho misses the sup of "
+                             f"|D^3 l| on that segment; sample more (theory.n_rho_samples)")
             if fwd["floor"] is not None and fwd["floor"] >= 1.0:
                 parts.append("no eps on the grid gives an estimate closer than the zero vector")
         cen = per.get("central")
