@@ -96,6 +96,9 @@ def plan_here(c: mlc.ConfigDict) -> dict[str, Any]:
         "optimizer": spec.optim.name, "batch": [spec.batch_size, spec.seq_len],
         "device_memory_gib": plan.device_memory_gb, "usable_fraction": plan.usable_fraction,
         "compiled_on": _platform(),
+        "note": "per-device bytes from compiled.memory_analysis(); peak = arguments + outputs "
+                "- aliased + temporaries; compiled on the backend above, so an estimate of "
+                "the target's",
     }
     target = plan_step(spec, mesh_cfg, plan, plan.num_devices)
     result["target"] = dataclasses.asdict(target)

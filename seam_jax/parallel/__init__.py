@@ -15,12 +15,12 @@ from seam_jax.parallel.mesh import (
 from seam_jax.parallel.rules import RULES, Rules, ShardingError, activation_sharding
 from seam_jax.parallel.sharded import (
     ShardedSetup, abstract_state, global_batch, jit_train_step, param_shardings, setup_distributed,
-    shard_init, shard_init_state, sharded_training_setup,
+    shard_init, shard_init_state, shard_init_train_state, sharded_training_setup,
 )
 
 __all__ = [
     "DistributedConfig", "MeshConfig", "RULES", "Rules", "ShardedSetup", "ShardingError",
     "abstract_state", "activation_sharding", "global_batch", "initialize_distributed",
     "jit_train_step", "make_mesh", "param_shardings", "resolve_sizes", "setup_distributed",
-    "shard_init", "shard_init_state", "sharded_training_setup",
+    "shard_init", "shard_init_state", "shard_init_train_state", "sharded_training_setup",
 ]

@@ -14,9 +14,9 @@ gradients, the SEAM direction and perturbed parameters). The peak is
 GPU takes ``XLA_PYTHON_CLIENT_MEM_FRACTION`` of the memory; the launch scripts set
 it to the same 0.9).
 
-Compiled on a CPU, the figures are XLA:CPU's: buffer assignment and rematerialisation
-follow the same HLO, but fusion and bf16 handling differ from TPU/GPU backends, so
-treat them as estimates with a margin (see the plan's ``note``).
+Compiled on a CPU, the figures are XLA:CPU's: the partitioned program and its
+parameter-sized buffers are the target's, but fusion, bf16 handling and scheduling
+differ from the TPU/GPU backends, so treat them as estimates with a margin.
 """
 
 from __future__ import annotations
@@ -172,8 +172,8 @@ def plan_step(spec: StepSpec, mesh_cfg: MeshConfig, plan: PlanConfig, num_device
                           f"through the plan job, which fakes CPU devices")
     devices = devices[:num_devices]
     sizes = resolve_sizes(mesh_cfg.sizes(), num_devices)
-    log.info("compiling the %s step of %s (%.2fB parameters, %s master, %s compute, remat %s) "
-             "for mesh %s", spec.step, _name(spec.model), spec.model.num_params() / 1e9,
+    log.info("compiling the %s step of %s (%.4gM parameters, %s master, %s compute, remat %s) "
+             "for mesh %s", spec.step, _name(spec.model), spec.model.num_params() / 1e6,
              spec.model.param_dtype, spec.model.dtype, spec.model.remat, sizes)
     t0 = time.time()
     compiled, rules, state = compile_step(spec, mesh_cfg, devices)

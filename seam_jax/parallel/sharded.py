@@ -55,8 +55,9 @@ def param_shardings(fn: ModelFn, rules: Rules) -> Params:
 def shard_init(fn: ModelFn, shardings: Params, seed: int = 0) -> Params:
     """``fn.init(seed)`` computed directly into ``shardings``: no device holds it whole.
 
-    The values equal the unsharded init (JAX's partitionable threefry draws the same
-    numbers whatever the sharding).
+    The values equal the unsharded init under ``jax.jit`` bit for bit (JAX's
+    partitionable threefry draws the same numbers whatever the sharding); the eager
+    ``fn.init`` can differ from both in the last bit (``std * normal`` fused or not).
     """
     return jax.jit(lambda: fn.init(seed), out_shardings=shardings)()
 
@@ -104,6 +105,13 @@ def shard_init_state(params: Params, optimizer: optax.GradientTransformation, sh
     f = jax.jit(lambda p: init_state(p, optimizer, seed), in_shardings=(shardings["params"],),
                 out_shardings=shardings, donate_argnums=(0,))
     return f(params)
+
+
+def shard_init_train_state(fn: ModelFn, optimizer: optax.GradientTransformation, shardings: State,
+                           seed: int = 0) -> State:
+    """The whole train state (``fn.init(seed)`` then ``init_state``) in one jit, computed
+    straight into ``shardings`` (``abstract_state``'s): one compile, no full copy anywhere."""
+    return jax.jit(lambda: init_state(fn.init(seed), optimizer, seed), out_shardings=shardings)()
 
 
 # ------------------------------------------------------------------ batches
@@ -231,6 +239,8 @@ def sharded_training_setup(c: Any, optimizer: optax.GradientTransformation | Non
     if global_rows % jax.process_count():
         raise ShardingError(f"data.batch_size={global_rows} does not divide over "
                             f"{jax.process_count()} processes")
+    log.info("sharded training: mesh %s, rules %s, global batch %d rows from %d process(es)",
+             dict(mesh.shape), rules.name, global_rows, jax.process_count())
     return ShardedSetup(mesh=mesh, rules=rules, optimizer=optimizer, global_rows=global_rows,
                         seed=int(c.seed))
 
