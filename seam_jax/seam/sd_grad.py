@@ -34,8 +34,11 @@ ESTIMATORS = ("hessian_free", "central", "exact_hvp", "autodiff")
 
 # ----------------------------------------------------------------- tree algebra
 def tree_dot(a: Tree, b: Tree) -> jax.Array:
+    # An elementwise product and a full reduction keep each leaf's sharding: XLA
+    # reduces locally and all-reduces one scalar. ``jnp.vdot`` would ravel the
+    # leaves first, which gathers a full copy of a sharded parameter per device.
     leaves = jax.tree.leaves(jax.tree.map(
-        lambda x, y: jnp.vdot(x.astype(_acc(x)), y.astype(_acc(y))), a, b))
+        lambda x, y: jnp.sum(x.astype(_acc(x)) * y.astype(_acc(y))), a, b))
     return sum(leaves[1:], leaves[0])
 
 
@@ -103,13 +106,15 @@ def _unstack(tree: Tree, n: int) -> list[Tree]:
 def perturbed_grads(grad_fn: GradFn, params: Params, points: list[tuple[Tree, float, dict]],
                     *, vmap: bool) -> list[Tree]:
     """``grad l(theta + eps_i d_i; batch_i)`` for each (d_i, eps_i, batch_i)."""
-    thetas = [perturb(params, d, e) for d, e, _ in points]
     batches = [b for _, _, b in points]
     shapes = {(jax.tree.structure(b), tuple(x.shape for x in jax.tree.leaves(b))) for b in batches}
     if vmap and len(shapes) == 1:
+        thetas = [perturb(params, d, e) for d, e, _ in points]
         grads = jax.vmap(grad_fn)(_stack(*thetas), _stack(*batches))
         return _unstack(grads, len(points))
-    return [grad_fn(t, b) for t, b in zip(thetas, batches)]
+    # Sequential: each perturbed copy is built right before its gradient, so only
+    # one copy of theta needs to be live at a time.
+    return [grad_fn(perturb(params, d, e), b) for d, e, b in points]
 
 
 def sd_gradient(
