@@ -97,8 +97,10 @@ def base_config() -> mlc.ConfigDict:
         pca_batches=20, pca_coords=200_000,
     ))
     # Device mesh (seam_jax/parallel): axis sizes, -1 for "the rest of the devices", and the
-    # preset of logical-axis rules (parallel/rules.py RULES: fsdp_tp, data_parallel).
-    c.mesh = mlc.ConfigDict(dict(data=1, fsdp=-1, tensor=1, rules="fsdp_tp"))
+    # preset of logical-axis rules (parallel/rules.py RULES: fsdp_tp, data_parallel). use:
+    # whether the SEAM job trains sharded: "auto" (when there are several processes, or
+    # several accelerators; a CPU's devices, faked or not, stay single-device), "on", "off".
+    c.mesh = mlc.ConfigDict(dict(data=1, fsdp=-1, tensor=1, rules="fsdp_tp", use="auto"))
     # Multi-host start-up (parallel/mesh.py): mode auto (when the environment is a
     # multi-process job: SLURM, TPU pod, JAX_COORDINATOR_ADDRESS), on (always; JAX detects
     # the cluster), off; or an explicit coordinator "host:port" with the process count/id.
@@ -130,6 +132,8 @@ def validate(c: mlc.ConfigDict) -> None:
         raise ConfigError(f"steps={c.steps}; train for at least one step")
     if c.data.batch_size < 1 or c.data.context_length < 8:
         raise ConfigError("data.batch_size must be >= 1 and data.context_length >= 8")
+    if str(c.mesh.use) not in ("auto", "on", "off"):
+        raise ConfigError(f"mesh.use={c.mesh.use!r}; choose auto, on or off")
 
 
 def lens_layers(c: mlc.ConfigDict) -> tuple[int, ...] | None:

@@ -82,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         c = parse(argv)
+        from seam_jax.parallel.sharded import setup_distributed
+
+        setup_distributed(c)  # multi-host jobs only; before anything touches the devices
         run_config(c)
     except UsageError as e:
         return _fail(str(e))

@@ -61,13 +61,22 @@ def export_hf(
 ) -> pathlib.Path:
     """Write ``params`` as an HF checkpoint (safetensors, sharded past ``max_shard_size``).
 
-    ``dtype`` is the stored dtype (default: the params' dtype).
+    ``dtype`` is the stored dtype (default: the params' dtype). In a multi-process job
+    every process calls it: parameters sharded across processes are gathered one at a
+    time, and process 0 alone writes the files.
     """
     out = pathlib.Path(out_dir).expanduser().resolve()
+    fn = ModelFn(cfg)
+    if jax.process_index() != 0:
+        seen: set[tuple[str, ...]] = set()
+        for e in entries(fn.abstract_params, cfg.num_hidden_layers):
+            if e.path not in seen:  # the same collectives, in the same order, as process 0
+                seen.add(e.path)
+                _to_host(get_path(params, e.path))
+        return out
     check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     limit = _parse_size(max_shard_size)
-    fn = ModelFn(cfg)
     store = parse_dtype(dtype) if dtype else None
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
@@ -77,7 +86,7 @@ def export_hf(
         for e in entries(fn.abstract_params, cfg.num_hidden_layers):
             if e.path not in host_cache:
                 host_cache.clear()  # one parameter on the host at a time
-                host_cache[e.path] = np.asarray(jax.device_get(get_path(params, e.path)))
+                host_cache[e.path] = _to_host(get_path(params, e.path))
             t = e.to_hf(host_cache[e.path])
             if store is not None:
                 t = t.astype(store)
@@ -104,6 +113,16 @@ def export_hf(
         raise
     log.info("exported HF checkpoint to %s", out)
     return out
+
+
+def _to_host(x: Any) -> np.ndarray:
+    """The whole array on this host; a parameter sharded across processes is all-gathered
+    (a collective: every process must export, see ``export_hf``)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
 
 
 def _flush(shards: list[dict[str, np.ndarray]], sizes: list[int], tmp: pathlib.Path,

@@ -48,11 +48,12 @@ def load_model(c: mlc.ConfigDict, shardings_fn: Any = None) -> LoadedModel:
         cfg = cfg.replace(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                           pad_token_id=tok.pad_token_id)
         fn = ModelFn(cfg)
-        params = fn.init(c.seed)
-        if shardings_fn is not None:
-            import jax
+        if shardings_fn is None:
+            params = fn.init(c.seed)
+        else:  # computed into its shards: no device holds the whole model
+            from seam_jax.parallel.sharded import shard_init
 
-            params = jax.device_put(params, shardings_fn(cfg))
+            params = shard_init(fn, shardings_fn(cfg), c.seed)
         log.info("model: random %s (%.2fM parameters)", source, cfg.num_params() / 1e6)
         return LoadedModel(cfg, fn, params, tok, None)
     if source == "default":

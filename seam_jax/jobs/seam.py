@@ -21,6 +21,7 @@ from seam_jax.eval.behaviour import behaviour
 from seam_jax.hf.export import export_hf
 from seam_jax.jobs.common import load_model
 from seam_jax.jobs.data import load_experiment_data, seam_batches
+from seam_jax.parallel.sharded import wants_sharding
 from seam_jax.seam.objective import SeamHyper, seam_gradient
 from seam_jax.train.checkpoint import CheckpointConfig
 from seam_jax.train.loop import LoopConfig, run as run_loop
@@ -41,9 +42,19 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
     run_dir = pathlib.Path(c.run_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     hp = seam_hyper(c)
-    m = load_model(c)
+    setup = None
+    if wants_sharding(c):
+        from seam_jax.parallel.sharded import sharded_training_setup
+
+        setup = sharded_training_setup(c)
+    m = load_model(c, setup.param_shardings_fn if setup else None)
     data = load_experiment_data(c, run_dir)
     batches = seam_batches(c, m.tokenizer, data)
+    if setup is not None and setup.process_count > 1 and c.eval.enabled:
+        # Decoding takes host arrays; across processes it would need global ones.
+        log.warning("eval.enabled is ignored with %d processes: evaluate the exported HF "
+                    "checkpoint instead (job=generate or the attack job)", setup.process_count)
+        c = _without_eval(c)
     held_out = [r["prompt"] for r in data.splits.test[: c.eval.n_prompts]]
     check = functools.partial(behaviour, m.fn, tok=m.tokenizer, harmful_prompts=held_out,
                               benign=data.benign_eval, fmt=c.data.format,
@@ -67,13 +78,18 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
         if survival is not None:
             summary["perturbation_survival"] = survival
     gradient_fn = functools.partial(_seam_grad, m.fn, hp)
+    source, sharded_kw = batches, {}
+    if setup is not None:
+        gradient_fn = setup.wrap_gradient(gradient_fn)
+        source = setup.local_source(batches)
+        sharded_kw = dict(jit_kwargs=setup.jit_kwargs(m.fn), place_batch=setup.batch_to_global)
     state = run_loop(
-        m.params, gradient_fn, ("targets_adv", "targets_aln", "targets_bgn"), batches,
+        m.params, gradient_fn, ("targets_adv", "targets_aln", "targets_bgn"), source,
         OptimConfig(**c.optim.to_dict()),
         LoopConfig(steps=c.steps, run_dir=run_dir, seed=c.seed, desc="SEAM",
                    checkpoint=CheckpointConfig(**c.checkpoint.to_dict()),
                    postfix=("loss", "cos", "L_ul", "L_up"), progress=c.progress),
-        meta={"config_digest": summary["config_digest"]},
+        meta={"config_digest": summary["config_digest"]}, **sharded_kw,
     )
     params = state["params"]
     export_dir = pathlib.Path(c.export.dir or run_dir / "defended-hf")
@@ -90,6 +106,12 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     log.info("SEAM done in %.0f s; summary: %s", summary["wall_seconds"], json.dumps(summary))
     return summary
+
+
+def _without_eval(c: mlc.ConfigDict) -> mlc.ConfigDict:
+    c = mlc.ConfigDict(c.to_dict())
+    c.eval.enabled = False
+    return c
 
 
 def _seam_grad(fn, hp, params, batches):

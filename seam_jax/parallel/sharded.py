@@ -211,6 +211,10 @@ class ShardedSetup:
         return step_jit_kwargs(self.state_shardings(fn), batch_sharding(self.rules, self.global_rows),
                                self.mesh)
 
+    def local_source(self, source: Any) -> Any:
+        """``source`` with ``batch_at(step)`` giving this host's rows of the global batch."""
+        return _LocalRows(source, self.process_index, self.process_count)
+
     def batch_to_global(self, local: Tree) -> Tree:
         """This host's rows (``batch_at(step, process_index, process_count)``) -> global arrays."""
         return global_batch(local, self.rules)
@@ -243,6 +247,28 @@ def sharded_training_setup(c: Any, optimizer: optax.GradientTransformation | Non
              dict(mesh.shape), rules.name, global_rows, jax.process_count())
     return ShardedSetup(mesh=mesh, rules=rules, optimizer=optimizer, global_rows=global_rows,
                         seed=int(c.seed))
+
+
+def wants_sharding(c: Any) -> bool:
+    """Whether a training job should run sharded (``c.mesh.use``).
+
+    ``auto``: yes with several processes, or several accelerators on this host; a CPU
+    host's devices (often faked for tests) stay on the single-device path.
+    """
+    use = str(c.mesh.use)
+    if use in ("on", "off"):
+        return use == "on"
+    return jax.process_count() > 1 or (jax.device_count() > 1 and jax.default_backend() != "cpu")
+
+
+@dataclasses.dataclass
+class _LocalRows:
+    source: Any
+    process_index: int
+    process_count: int
+
+    def batch_at(self, step: int) -> Tree:
+        return self.source.batch_at(step, self.process_index, self.process_count)
 
 
 def setup_distributed(c: Any) -> bool:

@@ -61,8 +61,14 @@ def run(
     meta: dict[str, Any] | None = None,
     jit_kwargs: dict[str, Any] | None = None,
     on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+    place_batch: Callable[[Any], Any] | None = None,
 ) -> State:
-    """Train for ``loop.steps`` micro-steps; return the final state."""
+    """Train for ``loop.steps`` micro-steps; return the final state.
+
+    ``place_batch`` turns ``source.batch_at(step)`` into the step's input (default: host
+    arrays, which the jitted step places; sharded runs pass ``ShardedSetup.batch_to_global``).
+    """
+    place_batch = place_batch or (lambda b: jax.tree.map(np.asarray, b))
     updates = math.ceil(loop.steps / max(optim.grad_accum, 1))
     optimizer, schedule = make_optimizer(optim, updates)
     step_fn = jax.jit(make_step(gradient_fn, optimizer, schedule, target_keys=target_keys),
@@ -87,7 +93,7 @@ def run(
     done_here = 0
     try:
         for step in range(start, loop.steps):
-            batches = jax.tree.map(np.asarray, source.batch_at(step))
+            batches = place_batch(source.batch_at(step))
             state, metrics = step_fn(state, batches)
             m = {k: float(v) if np.ndim(v) == 0 else v for k, v in jax.device_get(metrics).items()}
             if m.get("nonfinite") and not m.get("empty_mask"):
