@@ -14,8 +14,13 @@ Cases, each in its own process with the same thread count (default 2):
 - ``torch_sft``: one AdamW step of plain fine-tuning in PyTorch, for scale.
 
 Reported: median of ``--repeats`` timed runs after a warm-up, peak resident memory of
-the process (model, optimizer state and step), and for JAX the FLOPs from XLA's cost
-analysis, its temporaries, and FLOP/s. A table is printed and JSON written.
+the process (model, optimizer state and step), the step's FLOPs counted from the model's
+shapes (``benchmarks/flops.py``) and the FLOP/s they give, and for JAX the FLOPs from
+XLA's cost analysis and its temporaries. XLA counts a scanned layer stack's body once,
+so the tiny config is compiled with unrolled layers, where XLA's count checks the
+analytic one (``xla/analytic``); the SmolLM2 config keeps the scan (its XLA figure is
+then one layer's worth, and is printed only for reference). A table is printed and JSON
+written.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import json
 import pathlib
 import sys
 
+from benchmarks.flops import step_flops
 from benchmarks.harness import peak_rss_mb, print_table, run_case, timed
 
 ORIGINAL_REFERENCE = """
@@ -45,7 +51,7 @@ original's multiplication of the [B, T, V] logits by a mask), and gradient copie
 on the same device (the original moves them to two extra GPUs).
 """
 
-SIZES = {"tiny": dict(preset="debug"), "smollm2": dict(preset=None)}
+SIZES = {"tiny": dict(preset="debug", unrolled=True), "smollm2": dict(preset=None, unrolled=False)}
 
 
 def _batches(vocab: int, b: int, t: int, seed: int = 0) -> dict:
@@ -72,12 +78,12 @@ def _jax_model(a: dict):
     from seam_jax.model.config import preset
 
     if a["preset"]:
-        cfg = preset(a["preset"])
+        cfg = preset(a["preset"], scan_layers=not a["unrolled"])
         fn = ModelFn(cfg)
         return cfg, fn, fn.init(0)
     from seam_jax.hf.load import load_hf
 
-    cfg, params, _ = load_hf(a["model_dir"])
+    cfg, params, _ = load_hf(a["model_dir"], scan_layers=not a["unrolled"])
     return cfg, ModelFn(cfg), params
 
 
@@ -112,9 +118,11 @@ def case_jax(a: dict) -> dict:
         jax.block_until_ready(m)
 
     r = timed(run, a["repeats"])
-    flops = float(cost.get("flops", 0.0))
+    flops = step_flops(cfg, a["batch"], a["seq"], kind)
+    xla = float(cost.get("flops", 0.0))
     r.update(case=kind, framework="seam_jax", peak_rss_mb=peak_rss_mb(), flops=flops,
-             gflops_per_s=flops / r["median_s"] / 1e9,
+             gflops_per_s=flops / r["median_s"] / 1e9, xla_flops=xla,
+             xla_over_analytic=xla / flops if a["unrolled"] else None,
              xla_temp_mb=getattr(mem, "temp_size_in_bytes", 0) / 2**20)
     return r
 
@@ -217,7 +225,11 @@ def case_torch(a: dict) -> dict:
 
     kind = a["kind"]
     r = timed(seam_step if kind == "torch_original" else sft_step, a["repeats"])
-    r.update(case=kind, framework="PyTorch", peak_rss_mb=peak_rss_mb())
+    from seam_jax.model.config import ModelConfig
+
+    flops = step_flops(ModelConfig.from_hf(model.config.to_dict()), a["batch"], a["seq"], kind)
+    r.update(case=kind, framework="PyTorch", peak_rss_mb=peak_rss_mb(), flops=flops,
+             gflops_per_s=flops / r["median_s"] / 1e9)
     return r
 
 
@@ -261,6 +273,7 @@ def main() -> None:
                 if k in by:
                     ratios[f"time {k} / torch_original"] = by[k]["median_s"] / by["torch_original"]["median_s"]
                     ratios[f"memory {k} / torch_original"] = by[k]["peak_rss_mb"] / by["torch_original"]["peak_rss_mb"]
+                    ratios[f"FLOPs {k} / torch_original"] = by[k]["flops"] / by["torch_original"]["flops"]
         if "sft" in by:
             for k in ("seam_vmap", "seam_seq", "seam_exact"):
                 if k in by:
@@ -268,7 +281,7 @@ def main() -> None:
                     ratios[f"memory {k} / sft"] = by[k]["peak_rss_mb"] / by["sft"]["peak_rss_mb"]
         print(f"\n== {size}: batch {a.batch} x {a.seq}, float32, {a.threads} threads")
         print_table(rows, ["case", "framework", "median_s", "min_s", "peak_rss_mb", "flops",
-                           "gflops_per_s", "xla_temp_mb"])
+                           "gflops_per_s", "xla_flops", "xla_over_analytic", "xla_temp_mb"])
         for k, v in ratios.items():
             print(f"  {k}: {v:.2f}")
         results[size] = {"rows": rows, "ratios": ratios, "args": args}

@@ -9,19 +9,19 @@ in float32 and in bfloat16 compute (float32 master weights); outputs go to run_d
 (theorem1.csv/.json/.png, summary.json). The batches are one SEAM step's adv and bgn,
 2 x 64 tokens: the size that keeps the float32 part near 10 CPU-minutes.
 
-Measured on the 2-core CPU, shared with other jobs (load average ~7, so this job got
-0.64 of a core on average): 24.7 min wall for float32 + bfloat16, 16 CPU-minutes, 8.4 GB
-peak memory; the float32 part (reference 460 s + sweep 428 s) took 14.8 min wall and
-~10 CPU-minutes, so on an idle 2-core machine it takes well under 15 minutes. Unloaded
-costs of one evaluation: gradient 3.4 s (float32) / 5.3 s (bfloat16 compute) / 6.6 s
-(float64), hvp 7.4 / 10.4 / 12.7 s, third-derivative product 18 s (float32) / 31 s (float64).
+Measured on a quiet 2-core CPU, float32 only (--config.theory.dtypes=float32): 7.2 min
+wall (reference with rho 224 s, sweep 187 s), 8.5 GB peak memory. Earlier, under load:
+unloaded costs of one evaluation: gradient 3.4 s (float32) / 5.3 s (bfloat16 compute) /
+6.6 s (float64), hvp 7.4 / 10.4 / 12.7 s, third-derivative product 18 s (float32) /
+31 s (float64); the bfloat16 part adds about as much again as the float32 part.
 
 float64 is off by default: a float64 sweep would add ~11 minutes and a float64 reference
 ~4 more (8.7 GB peak for a third-derivative product alone), for a reference whose float32
 error (~1e-6 relative) is already far below the float32 finite-difference floor (~1e-2).
 The float64 sweep is covered on tiny models by tests/theory and configs/debug.py:theory.
-rho is sampled at s = 0, 1e-3, 1e-2, 1e-1 (n_rho_samples = 3); a denser sample (e.g. 5)
-costs ~36 s per extra point and catches more of the bumps of |D^3 l| between samples.
+rho is sampled at s = 0 and 6 points of [1e-3, 1e-1] (n_rho_samples = 6; ~36 s a point).
+With 3 points the measured error at eps = 1e-2 came out 1.03x the bound: the sup of
+|D^3 l| over the segment was underestimated between samples. With 6 it is 0.86x.
 """
 
 from seam_jax.config import base_config
@@ -39,6 +39,6 @@ def get_config(arg: str | None = None):
     c.theory.eps_grid = "1e-9:1e-1:9"
     c.theory.dtypes = "float32,bfloat16"
     c.theory.reference = "auto"  # float32 here
-    c.theory.n_rho_samples = 3
+    c.theory.n_rho_samples = 6
     c.seam.eps = 1e-3  # the eps whose regime the summary reports (the paper's)
     return c

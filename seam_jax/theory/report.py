@@ -28,6 +28,7 @@ import logging
 import math
 import pathlib
 import statistics
+import textwrap
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -251,8 +252,8 @@ def plot(records: list[dict[str, Any]], analysis: dict[str, dict[str, Any]],
     import matplotlib.pyplot as plt
 
     dtypes = list(analysis)
-    fig, axes = plt.subplots(1, len(dtypes), figsize=(5.2 * len(dtypes), 4.6), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(max(5.2 * len(dtypes), 7.5), 4.8),
+                             squeeze=False, sharey=True)
     for ax, dtype in zip(axes[0], dtypes):
         rows = sorted((r for r in records if r["dtype"] == dtype), key=lambda r: r["eps"])
         fwd = [r for r in rows if r["estimator"] == "hessian_free"]
@@ -302,9 +303,11 @@ def plot(records: list[dict[str, Any]], analysis: dict[str, dict[str, Any]],
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    ncol = min(2 * len(dtypes), 4, len(labels))
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.12 if len(labels) > 4 else 0.08, 1, 1))
-    fig.savefig(path, dpi=120)
+        fig.suptitle(textwrap.fill(title, 90), fontsize=10)
+    rows = -(-len(labels) // ncol)
+    fig.tight_layout(rect=(0, min(0.05 * rows + 0.02, 0.35), 1, 1))
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # nothing clipped at the edges
     plt.close(fig)
