@@ -8,7 +8,7 @@ eval_seam.json, attacks/results.jsonl (one line per attacked model), pca.json an
 report.md with hs_utility_vs_lr.png and gradient_pca.png. A rerun resumes: finished
 stages and attack cells are read back, not recomputed.
 
-Sizes for a 2-core CPU: SEAM as configs/default.py but 30 steps; the attack sub-grid is
+Sizes for a 2-core CPU: SEAM as configs/default.py (20 steps of batch 2 x 96); the attack sub-grid is
 the paper's 1K full-SFT AdamW cells at lr 5e-5 and 2e-4 (cells 2 and 5) with 64 samples
 each (16 steps of batch 4), on base and SEAM; HS by the keyword judge on 32 test prompts
 (32 new tokens); utility by held-out benign loss and 64 proxy multiple-choice questions;
@@ -30,7 +30,7 @@ def get_config(arg: str | None = None):
     c.data.batch_size = 2
     c.data.n_defense, c.data.n_attack, c.data.n_test = 2000, 400, 100
     c.seam.beta = 1.0
-    c.steps = 30
+    c.steps = 20
     c.optim.lr = 5e-5
     c.checkpoint.every = 10
     c.eval.enabled = False  # the experiment evaluates every model itself

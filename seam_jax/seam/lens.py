@@ -27,25 +27,32 @@ from seam_jax.model.layers import rms_norm
 
 
 def _head(params: Params, tied: bool) -> jax.Array:
-    """The LM head as [D, V]."""
+    """The LM head as [V, D] (the embedding's layout).
+
+    The head's gradient is accumulated in this layout too: XLA:CPU computes
+    ``x^T g`` about 1.6x faster into [V, D] than into [D, V] at SmolLM2's shapes
+    (measured, 508 x 576 x 49152: 73-89 against 44-49 GFLOP/s), and that product
+    runs once per lens layer.
+    """
     if tied:
-        return params["model"]["embed_tokens"]["embedding"].T
-    return params["lm_head"]["kernel"]
+        return params["model"]["embed_tokens"]["embedding"]
+    return params["lm_head"]["kernel"].T
 
 
 def _ce_with_grads(x: jax.Array, w: jax.Array, targets: jax.Array, weights: jax.Array
                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """For rows x [N, D]: (sum_n weights_n CE_n, d/dx [N, D], d/dW [D, V]) of that sum."""
+    """For rows x [N, D] and the head w [V, D]: (sum_n weights_n CE_n, d/dx [N, D],
+    d/dw [V, D]) of that sum."""
     acc = jnp.promote_types(x.dtype, jnp.float32)
-    logits = jnp.einsum("nd,dv->nv", x, w.astype(x.dtype), preferred_element_type=acc)
+    logits = jnp.einsum("nd,vd->nv", x, w.astype(x.dtype), preferred_element_type=acc)
     lse = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
     ce = jnp.sum((lse - picked) * weights)
     probs = jnp.exp(logits - lse[:, None])
     g = probs.at[jnp.arange(targets.shape[0]), targets].add(-1.0) * weights[:, None]
     g = g.astype(x.dtype)
-    dx = jnp.einsum("nv,dv->nd", g, w.astype(x.dtype), preferred_element_type=acc)
-    dw = jnp.einsum("nd,nv->dv", x, g, preferred_element_type=acc)
+    dx = jnp.einsum("nv,vd->nd", g, w.astype(x.dtype), preferred_element_type=acc)
+    dw = jnp.einsum("nv,nd->vd", g, x, preferred_element_type=acc)
     return ce, dx, dw
 
 
@@ -83,7 +90,7 @@ def ul_and_attack_gradients(
     d = cfg.hidden_size
 
     def lens_layer(h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-        """CE sum, d/dh [B,T,D], d/dnorm_w [D], d/dW [D,V] for one hidden state."""
+        """CE sum, d/dh [B,T,D], d/dnorm_w [D], d/dW [V,D] for one hidden state."""
         x, norm_vjp = jax.vjp(norm, h, norm_w)
         rows = x[:, :-1].reshape(-1, d)
         ce, dx_rows, dw = _ce_with_grads(rows, w, targets, weights)
@@ -131,15 +138,15 @@ def ul_and_attack_gradients(
 
 
 def _add_head(grads: Params, dw: jax.Array, dnw: jax.Array, tied: bool) -> Params:
-    """Add the head's and the final norm's gradients (computed by hand) into ``grads``."""
+    """Add the head's ([V, D]) and the final norm's gradients (computed by hand) into ``grads``."""
     grads = jax.tree.map(lambda x: x, grads)  # a copy of the dict structure
     m = grads["model"]
     m["norm"] = {"weight": (m["norm"]["weight"] + dnw).astype(m["norm"]["weight"].dtype)}
     if tied:
         e = m["embed_tokens"]["embedding"]
-        m["embed_tokens"] = {"embedding": (e + dw.T).astype(e.dtype)}
+        m["embed_tokens"] = {"embedding": (e + dw).astype(e.dtype)}
     else:
         k = grads["lm_head"]["kernel"]
-        grads["lm_head"] = {"kernel": (k + dw).astype(k.dtype)}
+        grads["lm_head"] = {"kernel": (k + dw.T).astype(k.dtype)}
     return grads
 
