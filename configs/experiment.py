@@ -1,6 +1,6 @@
 """The whole experiment (job "experiment"): evaluate base, defend with SEAM, attack both, report.
 
-    python -m seam_jax.main --config=configs/experiment.py          # SmolLM2-135M, ~30 min on 2 CPU cores
+    python -m seam_jax.main --config=configs/experiment.py          # SmolLM2-135M, ~29 min on 2 CPU cores
     python -m seam_jax.main --config=configs/experiment.py:debug    # random 2-layer model, ~1-2 min
 
 Writes into run_dir: eval_base.json, seam/ (the SEAM run and its defended-hf export),
@@ -12,7 +12,9 @@ Sizes for a 2-core CPU: SEAM as configs/default.py (20 steps of batch 2 x 96); t
 the paper's 1K full-SFT AdamW cells at lr 5e-5 and 2e-4 (cells 2 and 5) with 64 samples
 each (16 steps of batch 4), on base and SEAM; HS by the keyword judge on 32 test prompts
 (32 new tokens); utility by held-out benign loss and 64 proxy multiple-choice questions;
-PCA on 12 + 12 batches. lm-eval tasks and the harm classifier need their data or
+PCA on 12 + 12 batches. Measured on a quiet 2-core CPU: 28.8 min wall, 11.5 GB peak
+(base eval 102 s, SEAM 592 s, SEAM eval 90 s, four attacks with their evals 797 s, PCA
+132 s). lm-eval tasks and the harm classifier need their data or
 weights from the hub: switch them on with --config.utility.lm_eval_tasks=... and
 --config.harm.scorers=keyword,classifier.
 """
