@@ -50,18 +50,19 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
     m = load_model(c, setup.param_shardings_fn if setup else None)
     data = load_experiment_data(c, run_dir)
     batches = seam_batches(c, m.tokenizer, data)
-    if setup is not None and setup.process_count > 1 and c.eval.enabled:
+    evaluate = c.eval.enabled
+    if setup is not None and setup.process_count > 1 and evaluate:
         # Decoding takes host arrays; across processes it would need global ones.
         log.warning("eval.enabled is ignored with %d processes: evaluate the exported HF "
                     "checkpoint instead (job=generate or the attack job)", setup.process_count)
-        c = _without_eval(c)
+        evaluate = False
     held_out = [r["prompt"] for r in data.splits.test[: c.eval.n_prompts]]
     check = functools.partial(behaviour, m.fn, tok=m.tokenizer, harmful_prompts=held_out,
                               benign=data.benign_eval, fmt=c.data.format,
                               max_new_tokens=c.eval.max_new_tokens)
     summary: dict[str, Any] = {"config_digest": config_lib.digest(c)}
     before_file = run_dir / "eval_before.json"
-    if c.eval.enabled:
+    if evaluate:
         if before_file.is_file():
             before = json.loads(before_file.read_text())
         else:
@@ -98,7 +99,7 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
     export_hf(params, m.cfg, export_dir, tokenizer=m.tokenizer, dtype=c.export.dtype or None,
               max_shard_size=c.export.max_shard_size, overwrite=overwrite)
     summary["export_dir"] = str(export_dir)
-    if c.eval.enabled:
+    if evaluate:
         after = check(params)
         (run_dir / "eval_after.json").write_text(json.dumps(after, indent=1))
         summary["after"] = {k: v for k, v in after.items() if k != "samples"}
@@ -106,12 +107,6 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     log.info("SEAM done in %.0f s; summary: %s", summary["wall_seconds"], json.dumps(summary))
     return summary
-
-
-def _without_eval(c: mlc.ConfigDict) -> mlc.ConfigDict:
-    c = mlc.ConfigDict(c.to_dict())
-    c.eval.enabled = False
-    return c
 
 
 def _seam_grad(fn, hp, params, batches):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from seam_jax.errors import ConfigError
-from seam_jax.eval.harm import ClassifierScorer, KeywordScorer, hs, make_scorers
+from seam_jax.eval.harm import KeywordScorer, hs, make_scorers
+from seam_jax.eval.harm_classifier import ClassifierScorer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
