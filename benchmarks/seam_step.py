@@ -92,7 +92,7 @@ def case_jax(a: dict) -> dict:
 
     from seam_jax.seam.objective import SeamHyper, seam_gradient, sft_gradient
     from seam_jax.train.optim import OptimConfig, make_optimizer
-    from seam_jax.train.step import init_state, make_step
+    from seam_jax.train.step import init_state, make_step, step_compiler_options
 
     cfg, fn, params = _jax_model(a)
     batches = _batches(cfg.vocab_size, a["batch"], a["seq"])
@@ -104,7 +104,8 @@ def case_jax(a: dict) -> dict:
         hp = SeamHyper(beta=0.01, eps=1e-3, estimator="exact_hvp" if kind == "seam_exact" else "hessian_free",
                        vmap=kind != "seam_seq", fused_lens=a.get("fused_lens", True))
         grad_fn, keys = (lambda p, b: seam_gradient(fn, p, b, hp)), ("targets_adv",)
-    step = jax.jit(make_step(grad_fn, opt, sched, target_keys=keys), donate_argnums=(0,))
+    step = jax.jit(make_step(grad_fn, opt, sched, target_keys=keys), donate_argnums=(0,),
+                   compiler_options=step_compiler_options())
     state = init_state(params, opt, 0)
     del params
     compiled = step.lower(state, batches).compile()

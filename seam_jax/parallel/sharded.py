@@ -39,7 +39,7 @@ from seam_jax.model.api import ModelFn, Params
 from seam_jax.model.config import ModelConfig
 from seam_jax.parallel.mesh import DistributedConfig, MeshConfig, initialize_distributed, make_mesh
 from seam_jax.parallel.rules import Rules, ShardingError, activation_sharding
-from seam_jax.train.step import GradientFn, State, init_state, make_step
+from seam_jax.train.step import GradientFn, State, init_state, make_step, step_compiler_options
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,8 @@ def jit_train_step(gradient_fn: GradientFn, optimizer: optax.GradientTransformat
     attacks and baselines.
     """
     step = make_step(constrained(gradient_fn, rules), optimizer, schedule, target_keys=target_keys)
-    return jax.jit(step, donate_argnums=(0,), **step_jit_kwargs(state_sh, batch_sh, rules.mesh))
+    return jax.jit(step, donate_argnums=(0,), compiler_options=step_compiler_options(),
+                   **step_jit_kwargs(state_sh, batch_sh, rules.mesh))
 
 
 # ------------------------------------------------------------------ the training job's entry

@@ -6,8 +6,10 @@ step's FLOPs. Differentiating it by plain autodiff, once for ``L_ul`` and once m
 for ``g_a``, costs seven vocabulary projections per layer under rematerialisation.
 Here the cross-entropy gradient is written out instead: per layer, one projection
 for the logits and two for the gradients (``dx = (softmax - onehot) W^T`` and
-``dW = x^T (softmax - onehot)``), three in all, with one layer's logits alive at a
-time. The backward passes through the decoder body (one for ``L_ul``, one for
+``dW = x^T (softmax - onehot)``), three in all, with one chunk of one layer's logits
+alive at a time. Positions outside the loss mask (the prompt) are left out of the
+projections: rows are ordered targets first, cut into chunks, and a chunk with no
+target is skipped. The backward passes through the decoder body (one for ``L_ul``, one for
 ``g_a``) run together as one ``vmap`` of the body's pullback.
 
 ``tests/seam/test_lens.py`` checks this against plain autodiff of
@@ -56,20 +58,42 @@ def _ce_with_grads(x: jax.Array, w: jax.Array, targets: jax.Array, weights: jax.
     return ce, dx, dw
 
 
+def _row_plan(weights: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
+    """The order that puts target rows (weight != 0) first, padded to whole chunks with
+    an out-of-range index, and the weights in that order as [chunks, chunk]."""
+    n = weights.shape[0]
+    n_chunks = -(-n // chunk)
+    order = jnp.argsort(weights == 0, stable=True)
+    order = jnp.concatenate([order, jnp.full((n_chunks * chunk - n,), n, order.dtype)])
+    w = weights.at[order].get(mode="fill", fill_value=0)
+    return order, w.reshape(n_chunks, chunk)
+
+
 def ul_and_attack_gradients(
     fn: ModelFn,
     params: Params,
     batch: dict,
     *,
     lens_layers: Sequence[int] | None = None,
+    row_chunk: int = 128,
 ) -> tuple[tuple[jax.Array, jax.Array], tuple[Params, Params]]:
-    """((L_ul, l_adv), (grad L_ul, g_a)) for the intent variant ``-log(1 + mean_l CE_l)``."""
+    """((L_ul, l_adv), (grad L_ul, g_a)) for the intent variant ``-log(1 + mean_l CE_l)``.
+
+    Rows (positions) whose loss-mask entry is 0 add nothing to either loss or gradient,
+    so the vocabulary projections skip them: the rows are ordered targets first and cut
+    into chunks of ``row_chunk``, and a chunk with no target row is not computed
+    (``lax.cond``). With prompts masked out this removes the prompt's share of the
+    lens FLOPs.
+    """
+    if row_chunk < 1:
+        raise ValueError(f"row_chunk={row_chunk}; it must be a positive number of rows")
     cfg = fn.config
     n_layers = cfg.num_hidden_layers
     layers = list(range(n_layers + 1)) if lens_layers is None else sorted(set(lens_layers))
     if not layers or layers[0] < 0 or layers[-1] > n_layers:
         raise ValueError(f"lens_layers={lens_layers} must be a non-empty subset of 0..{n_layers}")
     dtype = parse_dtype(cfg.dtype)
+    acc = jnp.promote_types(dtype, jnp.float32)
     ids, mask = batch["input_ids"], batch["loss_mask"]
     b, t = ids.shape
 
@@ -83,29 +107,48 @@ def ul_and_attack_gradients(
     norm = lambda h, nw: rms_norm(h, nw, cfg.rms_norm_eps, dtype)
 
     # Rows predicting token t+1 from position t; weight = its loss-mask entry.
-    targets = ids[:, 1:].reshape(-1)
-    weights = mask[:, 1:].reshape(-1).astype(jnp.promote_types(dtype, jnp.float32))
+    targets = jnp.asarray(ids)[:, 1:].reshape(-1)
+    weights = jnp.asarray(mask)[:, 1:].reshape(-1).astype(acc)
     count = jnp.maximum(jnp.sum(weights), 1.0)
+    order, chunk_w = _row_plan(weights, min(row_chunk, weights.shape[0]))
+    n_chunks, chunk = chunk_w.shape
+    chunk_t = targets.at[order].get(mode="fill", fill_value=0).reshape(n_chunks, chunk)
     others = [l for l in layers if l != n_layers]
     d = cfg.hidden_size
 
-    def lens_layer(h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-        """CE sum, d/dh [B,T,D], d/dnorm_w [D], d/dW [V,D] for one hidden state."""
+    def chunk_step(dw_acc: jax.Array, inp: tuple) -> tuple:
+        x_rows, tg, wt = inp
+
+        def run(dw_acc):
+            ce, dx, dw = _ce_with_grads(x_rows, w, tg, wt)
+            return dw_acc + dw, ce, dx
+
+        def skip(dw_acc):
+            return dw_acc, jnp.zeros((), acc), jnp.zeros(x_rows.shape, acc)
+
+        dw_acc, ce, dx = jax.lax.cond(jnp.any(wt != 0), run, skip, dw_acc)
+        return dw_acc, (ce, dx)
+
+    def lens_layer(h: jax.Array, dw_acc: jax.Array
+                   ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """CE sum, d/dh [B,T,D], d/dnorm_w [D], and dw_acc + d/dW [V,D] for one hidden state."""
         x, norm_vjp = jax.vjp(norm, h, norm_w)
         rows = x[:, :-1].reshape(-1, d)
-        ce, dx_rows, dw = _ce_with_grads(rows, w, targets, weights)
-        dx = jnp.zeros_like(x).at[:, :-1].set(dx_rows.reshape(b, t - 1, d).astype(x.dtype))
+        x_chunks = rows.at[order].get(mode="fill", fill_value=0).reshape(n_chunks, chunk, d)
+        dw_acc, (ces, dx_chunks) = jax.lax.scan(chunk_step, dw_acc, (x_chunks, chunk_t, chunk_w))
+        dx_rows = jnp.zeros(rows.shape, x.dtype).at[order].set(
+            dx_chunks.reshape(-1, d).astype(x.dtype), mode="drop")
+        dx = jnp.zeros_like(x).at[:, :-1].set(dx_rows.reshape(b, t - 1, d))
         dh, dnw = norm_vjp(dx)
-        return ce, dh, dnw, dw
+        return jnp.sum(ces), dh, dnw, dw_acc
 
-    ce_last, dh_last, dnw_last, dw_last = lens_layer(hidden[n_layers])
+    ce_last, dh_last, dnw_last, dw_last = lens_layer(hidden[n_layers], jnp.zeros(w.shape, acc))
     if others:
         def scan_body(carry, h):
             dnw_acc, dw_acc = carry
-            ce, dh, dnw, dw = lens_layer(h)
-            return (dnw_acc + dnw.astype(dnw_acc.dtype), dw_acc + dw), (ce, dh)
+            ce, dh, dnw, dw_acc = lens_layer(h, dw_acc)
+            return (dnw_acc + dnw.astype(dnw_acc.dtype), dw_acc), (ce, dh)
 
-        acc = jnp.promote_types(dtype, jnp.float32)
         zero = (jnp.zeros(norm_w.shape, acc), jnp.zeros(w.shape, acc))
         (dnw_sum, dw_sum), (ce_others, dh_others) = jax.lax.scan(
             scan_body, zero, hidden[jnp.asarray(others)])

@@ -23,7 +23,7 @@ from seam_jax.model.api import Params
 from seam_jax.train.checkpoint import CheckpointConfig, Checkpointer, abstract_like
 from seam_jax.train.metrics import MetricsWriter
 from seam_jax.train.optim import OptimConfig, make_optimizer
-from seam_jax.train.step import GradientFn, State, init_state, make_step
+from seam_jax.train.step import GradientFn, State, init_state, make_step, step_compiler_options
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ def run(
     updates = math.ceil(loop.steps / max(optim.grad_accum, 1))
     optimizer, schedule = make_optimizer(optim, updates)
     step_fn = jax.jit(make_step(gradient_fn, optimizer, schedule, target_keys=target_keys),
-                      donate_argnums=(0,), **(jit_kwargs or {}))
+                      donate_argnums=(0,), compiler_options=step_compiler_options(),
+                      **(jit_kwargs or {}))
     state = init_state(params, optimizer, loop.seed)
     ckpt = Checkpointer(loop.run_dir / "checkpoints", loop.checkpoint)
     restored = ckpt.restore_latest(abstract_like(state))
