@@ -30,10 +30,14 @@ def forward_parts(cfg: Any, b: int, t: int) -> dict[str, float]:
     return {"body": float(body), "head": float(head)}
 
 
-def step_flops(cfg: Any, b: int, t: int, kind: str, lens_layers: int | None = None) -> float:
+def step_flops(cfg: Any, b: int, t: int, kind: str, lens_layers: int | None = None,
+               lens_rows: float | None = None) -> float:
     """FLOPs of one step of ``kind``, as each implementation computes it.
 
     ``lens_layers``: hidden states under the logit lens (default all ``L + 1``).
+    ``lens_rows``: positions that seam_jax's lens projects (default all ``b t``);
+    seam_jax skips chunks of positions outside the loss mask (``seam.lens``), so with
+    the prompt masked out it projects fewer rows than the original.
     - ``sft``: one gradient evaluation, ``3F``.
     - ``seam_vmap`` / ``seam_seq`` (hessian_free): the harmful forward once
       (``body``) with two backward passes through the body (``L_ul`` and ``g_a``,
@@ -53,7 +57,8 @@ def step_flops(cfg: Any, b: int, t: int, kind: str, lens_layers: int | None = No
     body, p = parts["body"], parts["head"]
     f = body + p
     n = cfg.num_hidden_layers + 1 if lens_layers is None else lens_layers
-    shared = body + 4 * body + 3 * n * p  # L_ul and g_a from one forward
+    lens_p = p * (b * t if lens_rows is None else lens_rows) / (b * t)
+    shared = body + 4 * body + 3 * n * lens_p  # L_ul and g_a from one forward
     counts = {
         "sft": 3 * f,
         "torch_sft": 3 * f,
@@ -67,6 +72,7 @@ def step_flops(cfg: Any, b: int, t: int, kind: str, lens_layers: int | None = No
     return float(counts[kind])
 
 
-def seam_floor(cfg: Any, b: int, t: int) -> float:
-    """The fewest FLOPs a hessian_free SEAM update needs (see ``step_flops``)."""
-    return step_flops(cfg, b, t, "seam_vmap")
+def seam_floor(cfg: Any, b: int, t: int, targets: int) -> float:
+    """The fewest FLOPs a hessian_free SEAM update needs (see ``step_flops``): the lens
+    projects only the ``targets`` positions inside the loss mask."""
+    return step_flops(cfg, b, t, "seam_vmap", lens_rows=targets)

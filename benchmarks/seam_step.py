@@ -15,7 +15,8 @@ Cases, each in its own process with the same thread count (default 2):
 
 Reported: median of ``--repeats`` timed runs after a warm-up, peak resident memory of
 the process (model, optimizer state and step), the step's FLOPs counted from the model's
-shapes (``benchmarks/flops.py``) and the FLOP/s they give, and for JAX the FLOPs from
+shapes (``benchmarks/flops.py``), their ratio to the SEAM update's floor (the lens on the
+loss-masked positions only), and the FLOP/s they give, and for JAX the FLOPs from
 XLA's cost analysis and its temporaries. XLA counts a scanned layer stack's body once,
 so the tiny config is compiled with unrolled layers, where XLA's count checks the
 analytic one (``xla/analytic``); the SmolLM2 config keeps the scan (its XLA figure is
@@ -30,7 +31,7 @@ import json
 import pathlib
 import sys
 
-from benchmarks.flops import step_flops
+from benchmarks.flops import seam_floor, step_flops
 from benchmarks.harness import peak_rss_mb, print_table, run_case, timed
 
 ORIGINAL_REFERENCE = """
@@ -50,6 +51,8 @@ synchronisation; the masked CE uses F.cross_entropy with ignore_index (cheaper t
 original's multiplication of the [B, T, V] logits by a mask), and gradient copies stay
 on the same device (the original moves them to two extra GPUs).
 """
+
+LENS_ROW_CHUNK = 128  # ul_and_attack_gradients' default row_chunk
 
 SIZES = {"tiny": dict(preset="debug", unrolled=True), "smollm2": dict(preset=None, unrolled=False)}
 
@@ -119,7 +122,14 @@ def case_jax(a: dict) -> dict:
         jax.block_until_ready(m)
 
     r = timed(run, a["repeats"])
-    flops = step_flops(cfg, a["batch"], a["seq"], kind)
+    # The lens projects whole chunks of target-first rows (seam.lens, row_chunk 128).
+    targets = int(batches["adv"]["loss_mask"][:, 1:].sum())
+    chunk = min(LENS_ROW_CHUNK, a["batch"] * (a["seq"] - 1))
+    lens_rows = -(-targets // chunk) * chunk
+    flops = step_flops(cfg, a["batch"], a["seq"], kind, lens_rows=lens_rows)
+    if kind != "sft":
+        r.update(floor_flops=seam_floor(cfg, a["batch"], a["seq"], targets))
+        r.update(flops_over_floor=flops / r["floor_flops"])
     xla = float(cost.get("flops", 0.0))
     r.update(case=kind, framework="seam_jax", peak_rss_mb=peak_rss_mb(), flops=flops,
              gflops_per_s=flops / r["median_s"] / 1e9, xla_flops=xla,
@@ -228,9 +238,14 @@ def case_torch(a: dict) -> dict:
     r = timed(seam_step if kind == "torch_original" else sft_step, a["repeats"])
     from seam_jax.model.config import ModelConfig
 
-    flops = step_flops(ModelConfig.from_hf(model.config.to_dict()), a["batch"], a["seq"], kind)
+    mcfg = ModelConfig.from_hf(model.config.to_dict())
+    flops = step_flops(mcfg, a["batch"], a["seq"], kind)
     r.update(case=kind, framework="PyTorch", peak_rss_mb=peak_rss_mb(), flops=flops,
              gflops_per_s=flops / r["median_s"] / 1e9)
+    if kind == "torch_original":
+        targets = int(b["adv"]["loss_mask"][:, 1:].sum())
+        r.update(floor_flops=seam_floor(mcfg, a["batch"], a["seq"], targets))
+        r.update(flops_over_floor=flops / r["floor_flops"])
     return r
 
 
@@ -282,7 +297,8 @@ def main() -> None:
                     ratios[f"memory {k} / sft"] = by[k]["peak_rss_mb"] / by["sft"]["peak_rss_mb"]
         print(f"\n== {size}: batch {a.batch} x {a.seq}, float32, {a.threads} threads")
         print_table(rows, ["case", "framework", "median_s", "min_s", "peak_rss_mb", "flops",
-                           "gflops_per_s", "xla_flops", "xla_over_analytic", "xla_temp_mb"])
+                           "flops_over_floor", "gflops_per_s", "xla_flops", "xla_over_analytic",
+                           "xla_temp_mb"])
         for k, v in ratios.items():
             print(f"  {k}: {v:.2f}")
         results[size] = {"rows": rows, "ratios": ratios, "args": args}

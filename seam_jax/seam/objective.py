@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from seam_jax.model.api import ModelFn, Params
 from seam_jax.seam.lens import ul_and_attack_gradients
 from seam_jax.seam.losses import masked_ce, unlearning_and_attack_losses
-from seam_jax.seam.sd_grad import ESTIMATORS, after, geometry, sd_gradient, tree_axpy, tree_norm
+from seam_jax.seam.sd_grad import ESTIMATORS, geometry, sd_gradient, tree_axpy, tree_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,15 +79,12 @@ def seam_gradient(fn: ModelFn, params: Params, batches: dict[str, dict], hp: Sea
 
     grad_ce = jax.grad(ce)
     (l_ul, l_a), (g_ul, g_a) = ul_and_attack(fn, params, adv, hp)
-    # Each gradient evaluation starts after the previous one has finished (``after``), so
-    # one evaluation's activations are alive at a time, and g_ul and g_up are folded
-    # into the total as soon as both exist.
-    l_up, g_up = jax.value_and_grad(ce)(after(params, g_ul, g_a), aln)
-    total = tree_axpy(hp.alpha, g_up, g_ul)
-    l_b, g_b = jax.value_and_grad(ce)(after(params, total), bgn)
+    l_up, g_up = jax.value_and_grad(ce)(params, aln)
+    l_b, g_b = jax.value_and_grad(ce)(params, bgn)
     geo = geometry(g_a, g_b)
+    total = tree_axpy(hp.alpha, g_up, g_ul)
     if hp.beta:
-        g_sd = sd_gradient(hp.estimator, grad_ce, after(params, g_b), adv, bgn, g_a, g_b, geo,
+        g_sd = sd_gradient(hp.estimator, grad_ce, params, adv, bgn, g_a, g_b, geo,
                            eps=hp.eps, vmap=hp.vmap)
         total = tree_axpy(hp.beta, g_sd, total)
     if hp.gamma_benign:

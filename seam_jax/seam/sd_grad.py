@@ -94,13 +94,6 @@ def perturb(params: Params, d: Tree, eps: jax.Array | float) -> Params:
     return jax.tree.map(lambda p, di: (p.astype(_acc(p)) + eps * di.astype(_acc(p))).astype(p.dtype), params, d)
 
 
-def after(x: Tree, *deps: Tree) -> Tree:
-    """``x``, but only once ``deps`` are computed: an ordering hint for XLA's scheduler
-    (``lax.optimization_barrier``), which otherwise may run independent gradient
-    evaluations side by side and keep all their activations alive together."""
-    return jax.lax.optimization_barrier((x, deps))[0]
-
-
 def _stack(*trees: Tree) -> Tree:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
@@ -121,10 +114,7 @@ def perturbed_grads(grad_fn: GradFn, params: Params, points: list[tuple[Tree, fl
         return _unstack(grads, len(points))
     # Sequential: each perturbed copy is built right before its gradient, so only
     # one copy of theta needs to be live at a time.
-    grads = []
-    for d, e, b in points:
-        grads.append(grad_fn(perturb(after(params, *grads), d, e), b))
-    return grads
+    return [grad_fn(perturb(params, d, e), b) for d, e, b in points]
 
 
 def sd_gradient(
