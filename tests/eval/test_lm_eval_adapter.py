@@ -139,3 +139,34 @@ def test_command_line(model_dir, tmp_path):
                     "--include_path", str(tmp_path), "--output_path", str(out)], check=True)
     results = [json.loads(p.read_text()) for p in out.rglob("results*.json")]
     assert results and "acc,none" in results[0]["results"]["seam_cli_mc"]
+
+
+def test_stock_lm_eval_command_line(model_dir, tmp_path):
+    """The stock ``lm_eval`` command finds ``--model seam_jax`` through the installed
+    ``seam_jax_lm_eval.pth`` hook (seam_jax.lm_eval_plugin); nothing imports seam_jax first."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("lm_eval") or shutil.which("lm-eval")
+    assert exe, "lm-eval's console script is not on PATH; install the test extra"
+    _write_task(tmp_path)
+    out = tmp_path / "out"
+    subprocess.run([exe, "--model", "seam_jax",  # the issue's form: no "run" subcommand
+                    "--model_args", f"pretrained={model_dir},batch_size=4", "--tasks", "seam_cli_mc",
+                    "--include_path", str(tmp_path), "--output_path", str(out)], check=True)
+    results = [json.loads(p.read_text()) for p in out.rglob("results*.json")]
+    assert results and "acc,none" in results[0]["results"]["seam_cli_mc"]
+
+
+def test_startup_hook_is_lazy():
+    """The .pth hook is installed at start but imports neither jax nor the adapter, and
+    registers the placeholder once lm-eval's model list loads."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from seam_jax.lm_eval_plugin import _Finder; "
+            "assert any(isinstance(f, _Finder) for f in sys.meta_path), 'hook not installed'; "
+            "assert 'jax' not in sys.modules and 'seam_jax.eval.lm_eval_adapter' not in sys.modules; "
+            "from lm_eval.api.registry import get_model; cls = get_model('seam_jax'); "
+            "assert cls.__name__ == 'SeamJaxLM', cls")
+    subprocess.run([sys.executable, "-c", code], check=True)
