@@ -71,9 +71,11 @@ def run(
     place_batch = place_batch or (lambda b: jax.tree.map(np.asarray, b))
     updates = math.ceil(loop.steps / max(optim.grad_accum, 1))
     optimizer, schedule = make_optimizer(optim, updates)
+    jit_kwargs = dict(jit_kwargs or {})
+    jit_kwargs["compiler_options"] = {**step_compiler_options(),
+                                      **(jit_kwargs.get("compiler_options") or {})}
     step_fn = jax.jit(make_step(gradient_fn, optimizer, schedule, target_keys=target_keys),
-                      donate_argnums=(0,), compiler_options=step_compiler_options(),
-                      **(jit_kwargs or {}))
+                      donate_argnums=(0,), **jit_kwargs)
     state = init_state(params, optimizer, loop.seed)
     ckpt = Checkpointer(loop.run_dir / "checkpoints", loop.checkpoint)
     restored = ckpt.restore_latest(abstract_like(state))
