@@ -7,13 +7,14 @@ Importing this module registers the model name ``seam_jax``::
                             tasks=DEFAULT_TASKS)
     lm_eval.simple_evaluate(model=SeamJaxLM.from_params(fn, params, tokenizer), tasks=[...])
 
-lm-eval's own ``lm_eval`` command finds models only in its built-in table (0.4.x has no
-plugin hook), so the command line goes through this module, which registers the model
-and hands the arguments to lm-eval's CLI unchanged::
+lm-eval's stock command finds it too, through the import hook that the install adds
+(``seam_jax_lm_eval.pth``, see ``seam_jax.lm_eval_plugin``)::
 
-    python -m seam_jax.eval.lm_eval_adapter --model seam_jax \\
+    lm_eval --model seam_jax \\
         --model_args pretrained=runs/x/defended-hf --tasks mmlu,truthfulqa_mc2,arc_easy
 
+``python -m seam_jax.eval.lm_eval_adapter`` takes the same arguments and registers the
+model itself, for a checkout used without installing it
 (also installed as the ``seam-lm-eval`` script). Tokenization, truncation and the
 empty-context rule come from lm-eval's ``TemplateLM``, as for its HFLM, so
 log-likelihoods agree with HFLM on the same weights.
