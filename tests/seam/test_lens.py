@@ -47,7 +47,9 @@ def test_fused_lens_matches_autodiff_float32():
     assert _rel(gu, gu2) < 1e-5 and _rel(ga, ga2) < 1e-5
 
 
-@pytest.mark.parametrize("row_chunk", [1, 3, 1000])
+# (One chunk holding every row is the default at these sizes, 22 rows under the default
+# 128, so the tests above cover it.)
+@pytest.mark.parametrize("row_chunk", [1, 3])
 def test_masked_rows_skipped_in_chunks_float64(row_chunk):
     """Chunking and skipping the prompt rows changes nothing: the batch's loss mask
     leaves whole chunks without a target (checked), and the gradients still equal autodiff."""
