@@ -52,8 +52,6 @@ original's multiplication of the [B, T, V] logits by a mask), and gradient copie
 on the same device (the original moves them to two extra GPUs).
 """
 
-LENS_ROW_CHUNK = 128  # ul_and_attack_gradients' default row_chunk
-
 SIZES = {"tiny": dict(preset="debug", unrolled=True), "smollm2": dict(preset=None, unrolled=False)}
 
 
@@ -90,9 +88,20 @@ def _jax_model(a: dict):
     return cfg, ModelFn(cfg), params
 
 
+def _targets(batches: dict) -> int:
+    """Loss-mask rows of the harmful batch (the positions the lens must project)."""
+    return int(batches["adv"]["loss_mask"][:, 1:].sum())
+
+
+def _against_floor(cfg, a: dict, targets: int, flops: float) -> dict:
+    floor = seam_floor(cfg, a["batch"], a["seq"], targets)
+    return {"floor_flops": floor, "flops_over_floor": flops / floor}
+
+
 def case_jax(a: dict) -> dict:
     import jax
 
+    from seam_jax.seam.lens import projected_rows
     from seam_jax.seam.objective import SeamHyper, seam_gradient, sft_gradient
     from seam_jax.train.optim import OptimConfig, make_optimizer
     from seam_jax.train.step import init_state, make_step, step_compiler_options
@@ -122,14 +131,11 @@ def case_jax(a: dict) -> dict:
         jax.block_until_ready(m)
 
     r = timed(run, a["repeats"])
-    # The lens projects whole chunks of target-first rows (seam.lens, row_chunk 128).
-    targets = int(batches["adv"]["loss_mask"][:, 1:].sum())
-    chunk = min(LENS_ROW_CHUNK, a["batch"] * (a["seq"] - 1))
-    lens_rows = -(-targets // chunk) * chunk
+    targets = _targets(batches)
+    lens_rows = projected_rows(targets, a["batch"] * (a["seq"] - 1))
     flops = step_flops(cfg, a["batch"], a["seq"], kind, lens_rows=lens_rows)
     if kind != "sft":
-        r.update(floor_flops=seam_floor(cfg, a["batch"], a["seq"], targets))
-        r.update(flops_over_floor=flops / r["floor_flops"])
+        r.update(_against_floor(cfg, a, targets, flops))
     xla = float(cost.get("flops", 0.0))
     r.update(case=kind, framework="seam_jax", peak_rss_mb=peak_rss_mb(), flops=flops,
              gflops_per_s=flops / r["median_s"] / 1e9, xla_flops=xla,
@@ -243,9 +249,7 @@ def case_torch(a: dict) -> dict:
     r.update(case=kind, framework="PyTorch", peak_rss_mb=peak_rss_mb(), flops=flops,
              gflops_per_s=flops / r["median_s"] / 1e9)
     if kind == "torch_original":
-        targets = int(b["adv"]["loss_mask"][:, 1:].sum())
-        r.update(floor_flops=seam_floor(mcfg, a["batch"], a["seq"], targets))
-        r.update(flops_over_floor=flops / r["floor_flops"])
+        r.update(_against_floor(mcfg, a, _targets(_batches(mcfg.vocab_size, a["batch"], a["seq"])), flops))
     return r
 
 

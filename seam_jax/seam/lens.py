@@ -58,6 +58,16 @@ def _ce_with_grads(x: jax.Array, w: jax.Array, targets: jax.Array, weights: jax.
     return ce, dx, dw
 
 
+DEFAULT_ROW_CHUNK = 128  # rows per lens chunk
+
+
+def projected_rows(targets: int, rows: int, row_chunk: int = DEFAULT_ROW_CHUNK) -> int:
+    """Rows the lens projects per hidden state for ``targets`` loss-mask rows out of ``rows``:
+    whole chunks of the target-first order (for FLOP counts)."""
+    chunk = min(row_chunk, rows)
+    return -(-targets // chunk) * chunk
+
+
 def _row_plan(weights: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
     """The order that puts target rows (weight != 0) first, padded to whole chunks with
     an out-of-range index, and the weights in that order as [chunks, chunk]."""
@@ -75,7 +85,7 @@ def ul_and_attack_gradients(
     batch: dict,
     *,
     lens_layers: Sequence[int] | None = None,
-    row_chunk: int = 128,
+    row_chunk: int = DEFAULT_ROW_CHUNK,
 ) -> tuple[tuple[jax.Array, jax.Array], tuple[Params, Params]]:
     """((L_ul, l_adv), (grad L_ul, g_a)) for the intent variant ``-log(1 + mean_l CE_l)``.
 
