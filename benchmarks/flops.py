@@ -31,7 +31,7 @@ def forward_parts(cfg: Any, b: int, t: int) -> dict[str, float]:
 
 
 def step_flops(cfg: Any, b: int, t: int, kind: str, lens_layers: int | None = None,
-               lens_rows: float | None = None) -> float:
+               lens_rows: float | None = None, sd_remat: bool = False) -> float:
     """FLOPs of one step of ``kind``, as each implementation computes it.
 
     ``lens_layers``: hidden states under the logit lens (default all ``L + 1``).
@@ -52,6 +52,11 @@ def step_flops(cfg: Any, b: int, t: int, kind: str, lens_layers: int | None = No
       (``3 (L + 2) P``); a second forward/backward of the harmful batch for ``g_a``;
       ``L_up``, ``g_b`` and two perturbed gradients.
     - ``torch_sft``: ``3F``.
+
+    ``sd_remat``: the L_sd estimator's gradient evaluations rematerialise the layers
+    (``seam.sd_remat="full"``), so each recomputes the body's forward in its backward
+    pass: ``+ body`` per perturbed gradient, ``+ 2 body`` per Hessian-vector product
+    (the recomputation carries the tangent). This is work above the floor.
     """
     parts = forward_parts(cfg, b, t)
     body, p = parts["body"], parts["head"]
@@ -69,7 +74,8 @@ def step_flops(cfg: Any, b: int, t: int, kind: str, lens_layers: int | None = No
     }
     if kind not in counts:
         raise ValueError(f"no FLOP count for {kind!r}; known: {sorted(counts)}")
-    return float(counts[kind])
+    recompute = {"seam_vmap": 2 * body, "seam_seq": 2 * body, "seam_exact": 4 * body}
+    return float(counts[kind] + (recompute.get(kind, 0.0) if sd_remat else 0.0))
 
 
 def seam_floor(cfg: Any, b: int, t: int, targets: int) -> float:

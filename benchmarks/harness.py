@@ -33,6 +33,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def rss_mb() -> float | None:
+    """The process's resident memory now (Linux ``/proc``; None elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
 def run_case(module: str, case: str, args: dict[str, Any], threads: int) -> dict[str, Any]:
     """Run ``python -m module --case case --args JSON`` and parse its last stdout line."""
     env = dict(os.environ)

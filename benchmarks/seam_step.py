@@ -32,7 +32,7 @@ import pathlib
 import sys
 
 from benchmarks.flops import seam_floor, step_flops
-from benchmarks.harness import peak_rss_mb, print_table, run_case, timed
+from benchmarks.harness import peak_rss_mb, print_table, rss_mb, run_case, timed
 
 ORIGINAL_REFERENCE = """
 The PyTorch reference follows the original training_step pass for pass:
@@ -114,12 +114,15 @@ def case_jax(a: dict) -> dict:
         grad_fn, keys = (lambda p, b: sft_gradient(fn, p, b)), ("targets",)
     else:
         hp = SeamHyper(beta=0.01, eps=1e-3, estimator="exact_hvp" if kind == "seam_exact" else "hessian_free",
-                       vmap=kind != "seam_seq", fused_lens=a.get("fused_lens", True))
+                       vmap=kind != "seam_seq", fused_lens=a.get("fused_lens", True),
+                       sd_remat=a["sd_remat"])
         grad_fn, keys = (lambda p, b: seam_gradient(fn, p, b, hp)), ("targets_adv",)
     step = jax.jit(make_step(grad_fn, opt, sched, target_keys=keys), donate_argnums=(0,),
                    compiler_options=step_compiler_options())
     state = init_state(params, opt, 0)
     del params
+    jax.block_until_ready(state)
+    rest = rss_mb()  # the runtime, theta and both Adam moments, before any step
     compiled = step.lower(state, batches).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -133,14 +136,17 @@ def case_jax(a: dict) -> dict:
     r = timed(run, a["repeats"])
     targets = _targets(batches)
     lens_rows = projected_rows(targets, a["batch"] * (a["seq"] - 1))
-    flops = step_flops(cfg, a["batch"], a["seq"], kind, lens_rows=lens_rows)
+    remat = cfg.remat if a["sd_remat"] == "model" else a["sd_remat"]
+    recompute = kind != "sft" and remat in ("full", "nothing_saveable")  # dots_saveable: partly
+    flops = step_flops(cfg, a["batch"], a["seq"], kind, lens_rows=lens_rows, sd_remat=recompute)
     if kind != "sft":
         r.update(_against_floor(cfg, a, targets, flops))
     xla = float(cost.get("flops", 0.0))
     r.update(case=kind, framework="seam_jax", peak_rss_mb=peak_rss_mb(), flops=flops,
              gflops_per_s=flops / r["median_s"] / 1e9, xla_flops=xla,
              xla_over_analytic=xla / flops if a["unrolled"] else None,
-             xla_temp_mb=getattr(mem, "temp_size_in_bytes", 0) / 2**20)
+             xla_temp_mb=getattr(mem, "temp_size_in_bytes", 0) / 2**20, rest_rss_mb=rest,
+             param_mb=4 * cfg.num_params() / 2**20)
     return r
 
 
@@ -253,6 +259,18 @@ def case_torch(a: dict) -> dict:
     return r
 
 
+# Live at once in any hessian_free step besides the resting state (theta, Adam's m and v):
+# g_a and g_b (both enter each perturbation direction and each difference), the running
+# total of the update, one perturbed copy of theta and the gradient computed at it.
+FLOOR_BUFFERS = 5
+
+
+def _memory_floor(by: dict) -> float | None:
+    """Peak RSS no hessian_free step can go below: rest + FLOOR_BUFFERS parameter copies."""
+    row = next((by[k] for k in ("seam_seq", "seam_vmap", "sft") if by.get(k, {}).get("rest_rss_mb")), None)
+    return row["rest_rss_mb"] + FLOOR_BUFFERS * row["param_mb"] if row else None
+
+
 CASES = {"jax": case_jax, "torch": case_torch}
 KINDS = [("jax", "sft"), ("jax", "seam_vmap"), ("jax", "seam_seq"), ("jax", "seam_exact"),
          ("torch", "torch_original"), ("torch", "torch_sft")]
@@ -267,16 +285,23 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sd-remat", default="full",
+                   help="seam.sd_remat for the SEAM cases (default: the job's default, full)")
     p.add_argument("--kinds", default=",".join(k for _, k in KINDS))
     p.add_argument("--out", default="benchmarks/results/seam_step.json")
     a = p.parse_args()
     if a.case:
         print(json.dumps(CASES[a.case](json.loads(a.args))))
         return
+    from seam_jax.seam.objective import SD_REMAT  # here: the case processes stay free of it
+
+    if a.sd_remat not in SD_REMAT:
+        p.error(f"--sd-remat={a.sd_remat!r}; choose one of {', '.join(SD_REMAT)}")
     results = {}
     wanted = set(a.kinds.split(","))
     for size in a.sizes.split(","):
-        args = dict(SIZES[size], batch=a.batch, seq=a.seq, repeats=a.repeats, threads=a.threads)
+        args = dict(SIZES[size], batch=a.batch, seq=a.seq, repeats=a.repeats, threads=a.threads,
+                    sd_remat=a.sd_remat)
         if size == "smollm2":
             from seam_jax.hf.default_model import resolve_default_model
 
@@ -294,18 +319,25 @@ def main() -> None:
                     ratios[f"time {k} / torch_original"] = by[k]["median_s"] / by["torch_original"]["median_s"]
                     ratios[f"memory {k} / torch_original"] = by[k]["peak_rss_mb"] / by["torch_original"]["peak_rss_mb"]
                     ratios[f"FLOPs {k} / torch_original"] = by[k]["flops"] / by["torch_original"]["flops"]
+        floor = _memory_floor(by)
+        if floor and "torch_original" in by:
+            ratios["memory floor of hessian_free / torch_original"] = floor / by["torch_original"]["peak_rss_mb"]
         if "sft" in by:
             for k in ("seam_vmap", "seam_seq", "seam_exact"):
                 if k in by:
                     ratios[f"FLOP/s {k} / sft"] = by[k]["gflops_per_s"] / by["sft"]["gflops_per_s"]
                     ratios[f"memory {k} / sft"] = by[k]["peak_rss_mb"] / by["sft"]["peak_rss_mb"]
-        print(f"\n== {size}: batch {a.batch} x {a.seq}, float32, {a.threads} threads")
+        print(f"\n== {size}: batch {a.batch} x {a.seq}, float32, {a.threads} threads, "
+              f"seam.sd_remat={a.sd_remat}")
         print_table(rows, ["case", "framework", "median_s", "min_s", "peak_rss_mb", "flops",
                            "flops_over_floor", "gflops_per_s", "xla_flops", "xla_over_analytic",
-                           "xla_temp_mb"])
+                           "xla_temp_mb", "rest_rss_mb"])
+        if floor:
+            print(f"  memory floor of a hessian_free step: {floor:.0f} MB (the resting process plus "
+                  f"{FLOOR_BUFFERS} parameter-sized float32 buffers)")
         for k, v in ratios.items():
             print(f"  {k}: {v:.2f}")
-        results[size] = {"rows": rows, "ratios": ratios, "args": args}
+        results[size] = {"rows": rows, "ratios": ratios, "args": args, "memory_floor_mb": floor}
     out = pathlib.Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))

@@ -43,7 +43,7 @@ def base_config() -> mlc.ConfigDict:
 
     c.seam = mlc.ConfigDict(dict(
         alpha=1.0, beta=0.01, eps=1e-3, estimator="hessian_free", vmap=True,
-        ul_variant="intent", lens_layers="", gamma_benign=0.0,
+        ul_variant="intent", lens_layers="", gamma_benign=0.0, sd_remat="full",
     ))
     c.steps = 500
     c.optim = mlc.ConfigDict(dict(

@@ -34,7 +34,7 @@ def seam_hyper(c: mlc.ConfigDict) -> SeamHyper:
     s = c.seam
     return SeamHyper(alpha=s.alpha, beta=s.beta, eps=s.eps, estimator=s.estimator, vmap=s.vmap,
                      ul_variant=s.ul_variant, lens_layers=config_lib.lens_layers(c),
-                     gamma_benign=s.gamma_benign)
+                     gamma_benign=s.gamma_benign, sd_remat=s.sd_remat)
 
 
 def run(c: mlc.ConfigDict) -> dict[str, Any]:
