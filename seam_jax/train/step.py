@@ -69,7 +69,8 @@ def make_step(gradient_fn: GradientFn, optimizer: optax.GradientTransformation,
 # XLA:CPU's default scheduler runs the SEAM step's independent gradient evaluations in
 # an order that keeps more of their buffers alive at once; the memory-optimised one
 # lowers the SmolLM2 SEAM step's peak from 10.97 to 9.71 GB (vmapped perturbed
-# gradients, batch 4 x 128) at the same step time (benchmarks/seam_step.py).
+# gradients, batch 4 x 128, no rematerialisation) at the same step time
+# (benchmarks/seam_step.py).
 CPU_COMPILER_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 
 
