@@ -20,7 +20,11 @@ loss-masked positions only), and the FLOP/s they give, and for JAX the FLOPs fro
 XLA's cost analysis and its temporaries. XLA counts a scanned layer stack's body once,
 so the tiny config is compiled with unrolled layers, where XLA's count checks the
 analytic one (``xla/analytic``); the SmolLM2 config keeps the scan (its XLA figure is
-then one layer's worth, and is printed only for reference). A table is printed and JSON
+then one layer's worth, and is printed only for reference). ``rest_rss_mb`` is the
+process's resident memory with the state built and before any step; with it the run
+prints the memory floor of a hessian_free step (``FLOOR_BUFFERS``). The SEAM cases use
+``seam.sd_remat`` from ``--sd-remat`` (default ``full``, the job's default), and their
+FLOP counts include the forward passes it recomputes. A table is printed and JSON
 written.
 """
 
