@@ -41,6 +41,10 @@ def parse_dtype(name: str | Any) -> Any:
     return DTYPES[name]
 
 
+# Rematerialisation of the decoder layers (``transformer._remat_policy``).
+REMAT_POLICIES = ("none", "full", "dots_saveable", "nothing_saveable")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture plus the runtime choices that do not change the weights."""
@@ -70,7 +74,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"
     scan_layers: bool = True
-    remat: str = "none"  # none | full | dots_saveable | nothing_saveable
+    remat: str = "none"  # one of REMAT_POLICIES
 
     def __post_init__(self) -> None:
         if self.num_attention_heads % self.num_key_value_heads:
@@ -85,10 +89,8 @@ class ModelConfig:
             )
         parse_dtype(self.param_dtype)
         parse_dtype(self.dtype)
-        if self.remat not in ("none", "full", "dots_saveable", "nothing_saveable"):
-            raise ConfigError(
-                f"remat={self.remat!r}; choose none, full, dots_saveable or nothing_saveable"
-            )
+        if self.remat not in REMAT_POLICIES:
+            raise ConfigError(f"remat={self.remat!r}; choose one of {', '.join(REMAT_POLICIES)}")
 
     @property
     def model_type(self) -> str:

@@ -9,18 +9,20 @@ runs the harmful batch forward twice at theta.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from seam_jax.model.api import ModelFn, Params
+from seam_jax.model.config import REMAT_POLICIES
 from seam_jax.seam.lens import ul_and_attack_gradients
 from seam_jax.seam.losses import masked_ce, unlearning_and_attack_losses
 from seam_jax.seam.sd_grad import ESTIMATORS, geometry, sd_gradient, tree_axpy, tree_norm
 
 
-SD_REMAT = ("model", "none", "full", "dots_saveable", "nothing_saveable")
+SD_REMAT = ("model", *REMAT_POLICIES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,11 +88,9 @@ def seam_gradient(fn: ModelFn, params: Params, batches: dict[str, dict], hp: Sea
     """The SEAM update direction and its metrics, for batches ``adv``, ``aln``, ``bgn``."""
     adv, aln, bgn = batches["adv"], batches["aln"], batches["bgn"]
 
-    def ce(p: Params, b: dict) -> jax.Array:
-        return masked_ce(fn, p, b)
-
+    ce = functools.partial(masked_ce, fn)
     fn_sd = fn if hp.sd_remat in ("model", fn.config.remat) else ModelFn(fn.config.replace(remat=hp.sd_remat))
-    grad_ce = jax.grad(lambda p, b: masked_ce(fn_sd, p, b))
+    grad_ce = jax.grad(functools.partial(masked_ce, fn_sd))
     (l_ul, l_a), (g_ul, g_a) = ul_and_attack(fn, params, adv, hp)
     l_up, g_up = jax.value_and_grad(ce)(params, aln)
     l_b, g_b = jax.value_and_grad(ce)(params, bgn)

@@ -140,6 +140,7 @@ def test_sd_remat_is_wired_and_recomputes_the_same_gradient():
                 "hessian_free", gf, p, b["adv"], b["bgn"], g_a, g_b, geo, eps=1e-3))(params)
     assert _rel(out["full"], out["none"]) < 1e-10
 
+
 def test_sd_remat_rejects_an_unknown_policy():
     from seam_jax.seam.objective import SeamHyper
 
