@@ -13,6 +13,7 @@ import importlib
 import logging
 import pathlib
 import sys
+import time
 from typing import Any, Sequence
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py"
@@ -77,7 +78,7 @@ def run_config(c: Any) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    _setup_logging()
+    setup_logging()
     from seam_jax.errors import SeamError
 
     try:
@@ -85,12 +86,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from seam_jax.parallel.sharded import setup_distributed
 
         setup_distributed(c)  # multi-host jobs only; before anything touches the devices
-        run_config(c)
+        t0 = time.time()
+        result = run_config(c)
     except UsageError as e:
         return _fail(str(e))
     except (SeamError, ValueError, FileNotFoundError, FileExistsError) as e:
         # A bug would surface as another exception type, with its traceback.
         return _fail(f"{type(e).__name__}: {e}")
+    from seam_jax.jobs.summary import summary_text
+
+    print(summary_text(c, result, time.time() - t0), flush=True)  # stdout holds only this
     return 0
 
 
@@ -99,13 +104,45 @@ def _fail(msg: str) -> int:
     return 2
 
 
-def _setup_logging() -> None:
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the current ``sys.stderr`` (which tests and notebooks swap) at each record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                            datefmt="%H:%M:%S"))
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def setup_logging() -> None:
+    """One handler on the root logger for every library; called first thing by ``main``.
+
+    Our own progress (``seam_jax.*``) at INFO, everything else at WARNING: Orbax logs each
+    file it writes at INFO through absl. absl's own handler is not installed, so its
+    "Logging before flag parsing" preamble never appears. ``datasets`` draws a progress
+    bar for every local file it reads ("Generating train split"); those are off unless
+    HF_DATASETS_DISABLE_PROGRESS_BARS is set otherwise. Idempotent.
+    """
+    import os
+
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        root.addHandler(_StderrHandler())
+    root.setLevel(logging.WARNING)
+    logging.getLogger("seam_jax").setLevel(logging.INFO)
     from absl import logging as absl_logging
 
-    # Our own progress at INFO; libraries (orbax logs every file it writes) at WARNING.
     absl_logging.set_verbosity(absl_logging.WARNING)
-    absl_logging.use_absl_handler()
-    logging.getLogger("seam_jax").setLevel(logging.INFO)
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets loads
+    if "datasets" in sys.modules and os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1":
+        sys.modules["datasets"].disable_progress_bars()  # it was imported before this call
 
 
 if __name__ == "__main__":

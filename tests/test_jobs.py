@@ -2,13 +2,17 @@
 
 import json
 import pathlib
+import re
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
+from seam_jax.eval.refusal import is_refusal
 from seam_jax.main import main
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+N_PROMPTS = 4  # configs/debug.py: eval.n_prompts
 
 
 def _tensors(d):
@@ -18,12 +22,46 @@ def _tensors(d):
     return out
 
 
-def test_seam_then_export_then_generate(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main(["seam_jax", f"--config={REPO / 'configs/debug.py'}", f"--config.run_dir={run}"]) == 0
+def test_debug_seam_job_is_quiet_and_ends_with_its_summary(debug_seam_run):
+    r = debug_seam_run
+    # No absl preamble, no datasets progress bar per local file read.
+    assert "Logging before flag parsing" not in r.stderr
+    assert "Generating train split" not in r.stderr
+    # Our own progress is still logged (to stderr), through the one handler.
+    assert "INFO seam_jax.jobs.seam: measuring the base model" in r.stderr
+    # stdout holds the summary alone: its header, then indented lines, the last the outputs.
+    lines = r.stdout.rstrip("\n").splitlines()
+    assert re.fullmatch(r"seam_jax: job seam done in \d+ s", lines[0]), lines
+    assert len(lines) > 3 and all(l.startswith("  ") for l in lines[1:]), lines
+    assert lines[-1].startswith(f"  outputs: {r.run_dir.resolve()} (summary.json, metrics.jsonl")
+    summary = json.loads((r.run_dir / "summary.json").read_text())
+    b, a = summary["before"]["harmful_refusal_rate"], summary["after"]["harmful_refusal_rate"]
+    assert f"  harmful refusal rate {b:.2f} -> {a:.2f} ({N_PROMPTS} held-out prompts)" in lines
+    assert f"  HF checkpoint: {summary['export_dir']}" in lines
+    last = json.loads((r.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert f"  last step (6): loss {last['loss']:.3g}, L_ul {last['L_ul']:.3g}, " \
+           f"L_up {last['L_up']:.3g}, cos {last['cos']:.3g}" in lines
+
+
+@pytest.mark.e2e
+def test_seam_then_export_then_generate(debug_seam_run, tmp_path, capsys):
+    run = debug_seam_run.run_dir
     summary = json.loads((run / "summary.json").read_text())
     assert {"before", "after", "export_dir"} <= set(summary)
-    assert 0.0 <= summary["after"]["harmful_refusal_rate"] <= 1.0
+    # The reported rates are the saved generations' own, judged again here: the held-out
+    # prompts (distinct, from the test split), the same before and after, and the refusal
+    # rate of exactly their responses.
+    test_prompts = {row["prompt"] for row in json.loads((run / "data" / "beavertails_test.json").read_text())}
+    prompts = {}
+    for when in ("before", "after"):
+        ev = json.loads((run / f"eval_{when}.json").read_text())
+        harm = ev["samples"]["harmful"]
+        prompts[when] = [s["prompt"] for s in harm]
+        assert ev["n_harmful"] == len(harm) == N_PROMPTS
+        assert len(set(prompts[when])) == N_PROMPTS and set(prompts[when]) <= test_prompts
+        assert summary[when]["harmful_refusal_rate"] == ev["harmful_refusal_rate"]
+        assert ev["harmful_refusal_rate"] == sum(is_refusal(s["response"]) for s in harm) / N_PROMPTS
+    assert prompts["before"] == prompts["after"]
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert all(np.isfinite(r["cos"]) and -1 <= r["cos"] <= 1 for r in rows)
@@ -44,6 +82,7 @@ def test_seam_then_export_then_generate(tmp_path, capsys):
                  "--config.generate.max_new_tokens=5"]) == 0
     rows = json.loads((gen / "generations.json").read_text())
     assert len(rows) == 2 and all(isinstance(r["response"], str) for r in rows)
+    assert capsys.readouterr().out.splitlines()[-1] == f"  outputs: {gen.resolve()} (generations.json)"
 
     # A second export to the same directory is refused, and the first stays intact.
     assert main(["seam_jax", f"--config={REPO / 'configs/convert.py'}:export",
