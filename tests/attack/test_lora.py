@@ -7,8 +7,8 @@ import pytest
 
 import tiny
 from seam_jax.attack.grid import AttackCell
-from seam_jax.attack.lora import (LoraConfig, LoraFn, add_lora, count_lora_params, init_lora,
-                                  merge_lora, split_lora)
+from seam_jax.attack.lora import (TARGETS, LoraConfig, LoraFn, add_lora, count_lora_params,
+                                  init_lora, merge_lora, split_lora)
 from seam_jax.attack.runner import AttackData, run_attack
 from seam_jax.errors import ConfigError
 
@@ -24,7 +24,18 @@ def test_trainable_count_by_hand():
         lora = init_lora(base, LoraConfig(rank=rank, targets=targets))
         want = 2 * rank * sum(per_layer[t] for t in targets)
         assert count_lora_params(lora) == want
-    assert 2 * 4 * 464 == 3712  # the all-targets count at rank 4, written out
+    # The table above against the model's own tree: each target's kernel is [layers, in, out].
+    layers = base["model"]["layers"]
+    for t, (blk, name) in TARGETS.items():
+        n_layers, d_in, d_out = layers[blk][name]["kernel"].shape
+        assert (n_layers, d_in + d_out) == (2, per_layer[t]), t
+    # And the count against the LoRA model itself: LoraFn's parameter tree (built from its
+    # LoraLinear modules, not by init_lora) holds exactly that many more entries than the base
+    # model, 2 layers * 4 * 464 = 3712 at rank 4 on every target.
+    lc = LoraConfig(rank=4)
+    size = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+    added = size(LoraFn(fn.config, lc).abstract_params) - size(base)
+    assert added == count_lora_params(init_lora(base, lc)) == 3712
 
 
 @pytest.mark.parametrize("targets", [("q", "k", "v", "o", "gate", "up", "down"), ("v", "down")])

@@ -105,7 +105,14 @@ def test_attack_job_from_an_hf_export(tiny_model, tmp_path):
                  f"--config.attack.targets=hf={hf}"]) == 0
     rows = [json.loads(l) for l in (run / "attacks" / RESULTS_FILE).read_text().splitlines()]
     assert [(r["model"], r["cell"], r["lr"]) for r in rows] == [("hf", "2", 5e-5)]
-    assert 0.0 <= rows[0]["hs_keyword"] <= 1.0 and len(rows[0]["generations"]) == 4
+    # HS is the keyword judge's mean over exactly the row's generations (harm.n_prompts = 4
+    # in the debug config), scored again here from the saved text.
+    from seam_jax.eval.harm import KeywordScorer
+
+    gens = rows[0]["generations"]
+    assert len(gens) == 4
+    scores = KeywordScorer().score([g["prompt"] for g in gens], [g["response"] for g in gens])
+    assert rows[0]["hs_keyword"] == sum(scores) / 4
     assert (run / "attacks" / "report.md").is_file()
 
 

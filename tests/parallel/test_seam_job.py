@@ -6,8 +6,10 @@ import pathlib
 
 import jax
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
+from seam_jax.eval.refusal import is_refusal
 from seam_jax.main import main
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -33,6 +35,7 @@ def _job(run_dir, *extra):
     return rows, tensors, json.loads((run_dir / "summary.json").read_text())
 
 
+@pytest.mark.e2e  # two whole SEAM jobs, one on an 8-device mesh
 def test_seam_job_sharded_equals_single_device(tmp_path, caplog):
     assert jax.device_count() == 8
     single_rows, single_w, _ = _job(tmp_path / "single", "--config.mesh.use=off",
@@ -42,8 +45,13 @@ def test_seam_job_sharded_equals_single_device(tmp_path, caplog):
                                 "--config.mesh.fsdp=4", "--config.mesh.tensor=2")
     assert any("sharded training: mesh {'data': 1, 'fsdp': 4, 'tensor': 2}" in r.getMessage()
                for r in caplog.records), "the job did not take the sharded path"
-    # The sharded run also decoded with its sharded parameters (before and after).
-    assert 0.0 <= summary["after"]["harmful_refusal_rate"] <= 1.0
+    # The sharded run also decoded with its sharded parameters (before and after): what it
+    # reports is the refusal rate of exactly its saved generations, judged again here.
+    for when in ("before", "after"):
+        ev = json.loads((tmp_path / "sharded" / f"eval_{when}.json").read_text())
+        harm = ev["samples"]["harmful"]
+        assert len(harm) == ev["n_harmful"] == 2  # --config.eval.n_prompts=2
+        assert summary[when]["harmful_refusal_rate"] == sum(is_refusal(s["response"]) for s in harm) / 2
     # 1e-5 relative (the figure): float32 sums over sharded axes are reordered,
     # which moves results by a few ulps (~1e-7 rel) per reduction; a wrong sharding or a
     # dropped all-reduce is off by O(1).

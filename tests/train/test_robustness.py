@@ -34,6 +34,7 @@ def _final_weights(run_dir):
     return load_file(pathlib.Path(run_dir) / "defended-hf" / "model.safetensors")
 
 
+@pytest.mark.e2e  # two whole SEAM jobs in subprocesses (about a minute)
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     steps = ["--config.steps=20", "--config.checkpoint.every=4", "--config.checkpoint.use_async=True"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
