@@ -105,7 +105,7 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
         summary["after"] = {k: v for k, v in after.items() if k != "samples"}
     summary["wall_seconds"] = round(time.time() - t0, 1)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    log.info("SEAM done in %.0f s; summary: %s", summary["wall_seconds"], json.dumps(summary))
+    log.info("SEAM done in %.0f s; summary in %s", summary["wall_seconds"], run_dir / "summary.json")
     return summary
 
 
