@@ -25,47 +25,14 @@ import jax
 import jax.numpy as jnp
 
 from seam_jax.model.api import Params
+from seam_jax.tree import acc_dtype as _acc
+from seam_jax.tree import safe_norm as _safe
+from seam_jax.tree import tree_axpy, tree_dot, tree_norm, tree_scale, tree_sub
 
 Tree = Any
 GradFn = Callable[[Params, dict], Tree]  # (params, batch) -> gradient of l(params; batch)
 
 ESTIMATORS = ("hessian_free", "central", "exact_hvp", "autodiff")
-
-
-# ----------------------------------------------------------------- tree algebra
-def tree_dot(a: Tree, b: Tree) -> jax.Array:
-    # An elementwise product and a full reduction keep each leaf's sharding: XLA
-    # reduces locally and all-reduces one scalar. ``jnp.vdot`` would ravel the
-    # leaves first, which gathers a full copy of a sharded parameter per device.
-    leaves = jax.tree.leaves(jax.tree.map(
-        lambda x, y: jnp.sum(x.astype(_acc(x)) * y.astype(_acc(y))), a, b))
-    return sum(leaves[1:], leaves[0])
-
-
-def tree_norm(a: Tree) -> jax.Array:
-    return jnp.sqrt(tree_dot(a, a))
-
-
-def tree_axpy(alpha: jax.Array, x: Tree, y: Tree) -> Tree:
-    """``alpha * x + y``, in y's dtype."""
-    return jax.tree.map(lambda xi, yi: (alpha * xi.astype(_acc(yi)) + yi.astype(_acc(yi))).astype(yi.dtype), x, y)
-
-
-def tree_scale(alpha: jax.Array, x: Tree) -> Tree:
-    return jax.tree.map(lambda xi: (alpha * xi.astype(_acc(xi))).astype(xi.dtype), x)
-
-
-def tree_sub(a: Tree, b: Tree) -> Tree:
-    return jax.tree.map(lambda x, y: x - y, a, b)
-
-
-def _acc(x: jax.Array) -> Any:
-    return jnp.promote_types(x.dtype, jnp.float32)
-
-
-def _safe(n: jax.Array) -> jax.Array:
-    # A zero gradient (an empty loss mask) must not turn the step into NaN.
-    return jnp.maximum(n, jnp.finfo(n.dtype).tiny)
 
 
 # ----------------------------------------------------------------- geometry
@@ -134,12 +101,12 @@ def sd_gradient(
     if estimator == "hessian_free":
         gp_a, gp_b = perturbed_grads(grad_fn, params, [(geo.d_a, eps, batch_a), (geo.d_b, eps, batch_b)],
                                      vmap=vmap)
-        return _combine(tree_sub(gp_a, g_a), tree_sub(gp_b, g_b), geo, eps)
+        return forward_difference(gp_a, gp_b, g_a, g_b, geo, eps)
     if estimator == "central":
         gp_a, gp_b, gm_a, gm_b = perturbed_grads(
             grad_fn, params, [(geo.d_a, eps, batch_a), (geo.d_b, eps, batch_b),
                               (geo.d_a, -eps, batch_a), (geo.d_b, -eps, batch_b)], vmap=vmap)
-        return _combine(tree_sub(gp_a, gm_a), tree_sub(gp_b, gm_b), geo, 2 * eps)
+        return central_difference(gp_a, gp_b, gm_a, gm_b, geo, eps)
     if estimator == "exact_hvp":
         hv_a = hvp(grad_fn, params, batch_a, geo.d_a)
         hv_b = hvp(grad_fn, params, batch_b, geo.d_b)
@@ -147,6 +114,21 @@ def sd_gradient(
     if estimator == "autodiff":
         return jax.grad(lambda p: cosine(grad_fn(p, batch_a), grad_fn(p, batch_b)))(params)
     raise ValueError(f"unknown L_sd estimator {estimator!r}; choose one of {ESTIMATORS}")
+
+
+def forward_difference(gp_a: Tree, gp_b: Tree, g_a: Tree, g_b: Tree, geo: Geometry,
+                       eps: float) -> Tree:
+    """Eq. 6 from its gradients: ``[gp_a - g_a] / (eps |g_a|) + [gp_b - g_b] / (eps |g_b|)``.
+
+    ``gp_a = g_a(theta + eps d_a)``, ``gp_b = g_b(theta + eps d_b)`` (``perturbed_grads``).
+    """
+    return _combine(tree_sub(gp_a, g_a), tree_sub(gp_b, g_b), geo, eps)
+
+
+def central_difference(gp_a: Tree, gp_b: Tree, gm_a: Tree, gm_b: Tree, geo: Geometry,
+                       eps: float) -> Tree:
+    """``[gp_a - gm_a] / (2 eps |g_a|) + (same for b)``, ``gm = g(theta - eps d)``."""
+    return _combine(tree_sub(gp_a, gm_a), tree_sub(gp_b, gm_b), geo, 2 * eps)
 
 
 def _inverse(step: float, norm: jax.Array) -> jax.Array:

@@ -1,6 +1,6 @@
 """Theorem 1 of SEAM, numerically: the finite-difference estimates of grad L_sd, their error, its bound.
 
-Notation (SEAM.md): ``g_a = grad l(theta; D_adv)``, ``g_b = grad l(theta; D_bgn)``,
+Notation (the paper's): ``g_a = grad l(theta; D_adv)``, ``g_b = grad l(theta; D_bgn)``,
 ``c = cos(g_a, g_b)``, ``d_a = gbar_b - c gbar_a``, ``d_b = gbar_a - c gbar_b`` (so
 ``|d|^2 = 1 - c^2``), ``H_a``, ``H_b`` the Hessians of the two losses.
 
@@ -63,10 +63,10 @@ from seam_jax.errors import ConfigError, SeamError
 from seam_jax.model.api import ModelFn, Params
 from seam_jax.seam.losses import masked_ce
 from seam_jax.seam.sd_grad import (
-    Geometry, geometry, hvp, perturb, perturbed_grads, sd_gradient, tree_norm, tree_scale, tree_sub,
+    Geometry, central_difference, forward_difference, geometry, hvp, perturb, perturbed_grads,
+    sd_gradient,
 )
-# sd_gradient's own combination step, so the shared-gradient estimates match it bit for bit.
-from seam_jax.seam.sd_grad import _combine
+from seam_jax.tree import error_norm, error_vector, np_norm, to_numpy, tree_norm, tree_scale
 from seam_jax.theory.precision import Precision, perturbation_survival
 
 Tree = Any
@@ -109,31 +109,6 @@ def parse_eps_grid(spec: str | Sequence[float]) -> list[float]:
     if bad:
         raise ConfigError(f"theory.eps_grid: eps must be finite and > 0, got {bad}")
     return sorted(set(float(v) for v in values))
-
-
-# ----------------------------------------------------------------- numpy trees
-def to_numpy(tree: Tree) -> Tree:
-    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
-
-
-def error_vector(estimate: Tree, exact: Tree) -> Tree:
-    """``estimate - exact`` leaf by leaf, in float64 numpy (either may be any float dtype)."""
-    return jax.tree.map(lambda e, x: np.asarray(e, np.float64) - np.asarray(x, np.float64),
-                        estimate, exact)
-
-
-def np_norm(tree: Tree) -> float:
-    return math.sqrt(sum(float(np.vdot(x, x)) for x in
-                         (np.asarray(leaf, np.float64).ravel() for leaf in jax.tree.leaves(tree))))
-
-
-def error_norm(estimate: Tree, exact: Tree) -> float:
-    """``|estimate - exact|``, one leaf at a time (no parameter-sized float64 tree is kept)."""
-    total = 0.0
-    for e, x in zip(jax.tree.leaves(estimate), jax.tree.leaves(exact)):
-        diff = np.asarray(e, np.float64).ravel() - np.asarray(x, np.float64).ravel()
-        total += float(np.dot(diff, diff))
-    return math.sqrt(total)
 
 
 # ----------------------------------------------------------------- derivatives
@@ -339,8 +314,9 @@ def fd_estimates(grad_fn: Callable[[Params, dict], Tree], params: Params, batch_
     """(name, estimate) for the forward and/or central difference at one eps.
 
     Both share ``g(theta + eps d)``: four gradients for the pair instead of six. The
-    arithmetic is ``sd_gradient``'s own (its ``perturbed_grads`` and ``_combine``), so each
-    estimate is bit-identical to ``sd_gradient(name, ...)`` (a test checks it).
+    arithmetic is ``sd_gradient``'s own (``perturbed_grads``, ``forward_difference``,
+    ``central_difference``), so each estimate is bit-identical to ``sd_gradient(name, ...)``
+    (a test checks it).
     """
     points = [(geo.d_a, eps, batch_a), (geo.d_b, eps, batch_b)]
     if "central" in estimators:
@@ -348,11 +324,11 @@ def fd_estimates(grad_fn: Callable[[Params, dict], Tree], params: Params, batch_
     grads = perturbed_grads(grad_fn, params, points, vmap=vmap)
     gp_a, gp_b = grads[0], grads[1]
     if "hessian_free" in estimators:
-        yield "hessian_free", _combine(tree_sub(gp_a, g_a), tree_sub(gp_b, g_b), geo, eps)
+        yield "hessian_free", forward_difference(gp_a, gp_b, g_a, g_b, geo, eps)
     if "central" in estimators:
         gm_a, gm_b = grads[2], grads[3]
         del grads
-        yield "central", _combine(tree_sub(gp_a, gm_a), tree_sub(gp_b, gm_b), geo, 2 * eps)
+        yield "central", central_difference(gp_a, gp_b, gm_a, gm_b, geo, eps)
 
 
 def forward_error_vector(fn: ModelFn, params: Params, batch_a: dict, batch_b: dict, ref: Reference,
@@ -366,4 +342,4 @@ def forward_error_vector(fn: ModelFn, params: Params, batch_a: dict, batch_b: di
 
 
 __all__ = ["Reference", "reference", "sweep", "bounds", "parse_eps_grid", "third_directional",
-           "error_vector", "error_norm", "np_norm", "forward_error_vector"]
+           "forward_error_vector"]

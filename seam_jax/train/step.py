@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from seam_jax.model.api import Params
-from seam_jax.seam.sd_grad import tree_norm
+from seam_jax.tree import tree_norm
 
 State = dict[str, Any]
 GradientFn = Callable[[Params, dict], tuple[Params, dict[str, jax.Array]]]

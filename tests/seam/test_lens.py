@@ -11,7 +11,7 @@ import pytest
 import tiny
 from seam_jax.seam.lens import ul_and_attack_gradients
 from seam_jax.seam.losses import unlearning_and_attack_losses
-from seam_jax.seam.sd_grad import tree_norm, tree_sub
+from seam_jax.tree import tree_norm, tree_sub
 
 
 def _autodiff(fn, params, batch, layers):
