@@ -28,12 +28,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seam_jax.errors import ConfigError
-from seam_jax.model.api import Params
+from seam_jax.model.api import Params, config_key
 from seam_jax.model.config import ModelConfig
 from seam_jax.model.layers import Linear
 from seam_jax.model.transformer import Output, Transformer
 
-# Short names (as in the issue and PEFT configs) -> (block, attribute) in the decoder layer.
+# Short names (PEFT's target_modules without ``_proj``) -> (block, attribute) in the decoder layer.
 TARGETS: dict[str, tuple[str, str]] = {
     "q": ("self_attn", "q_proj"), "k": ("self_attn", "k_proj"), "v": ("self_attn", "v_proj"),
     "o": ("self_attn", "o_proj"), "gate": ("mlp", "gate_proj"), "up": ("mlp", "up_proj"),
@@ -143,7 +143,7 @@ class LoraFn:
         self.abstract_params: Params = nnx.to_pure_dict(abstract)
 
     def __hash__(self) -> int:
-        return hash((self.config, self.lora))
+        return hash((config_key(self.config), self.lora))  # ModelConfig may hold a dict
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LoraFn) and (self.config, self.lora) == (other.config, other.lora)

@@ -7,8 +7,10 @@ Training, SEAM and the Theorem 1 checks work on ``params`` (nested dicts of arra
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import chex
 import jax
 from flax import nnx
 
@@ -18,8 +20,25 @@ from seam_jax.model.transformer import Output, Transformer
 Params = dict[str, Any]
 
 
+def config_key(cfg: ModelConfig) -> tuple:
+    """A hashable key equal for equal configs (``rope_scaling`` is a dict, ``eos_token_id`` may be a list)."""
+    return tuple((f.name, _frozen(getattr(cfg, f.name))) for f in dataclasses.fields(cfg))
+
+
+def _frozen(v: Any) -> Any:
+    if isinstance(v, dict):
+        return tuple(sorted((k, _frozen(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_frozen(x) for x in v)
+    return v
+
+
 class ModelFn:
-    """``apply(params, input_ids, ...) -> Output`` for one architecture; hashable and static."""
+    """``apply(params, input_ids, ...) -> Output`` for one architecture.
+
+    Hashable and compared by its config, so it can be a static argument of ``jax.jit``:
+    two ``ModelFn`` of equal configs share one compiled program.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         self.config = cfg
@@ -27,16 +46,43 @@ class ModelFn:
         self.graphdef, abstract = nnx.split(model, nnx.Param)
         self.abstract_params: Params = nnx.to_pure_dict(abstract)
         self.logical_axes: Params = _axes_tree(abstract)
+        self._key = config_key(cfg)
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ModelFn) and self._key == other._key
+
+    def __repr__(self) -> str:
+        return f"ModelFn({self.config!r})"
 
     def module(self, params: Params) -> Transformer:
         return nnx.merge(self.graphdef, params)
 
     def __call__(self, params: Params, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                  positions: jax.Array | None = None, **kw: Any) -> Output:
-        return self.module(params)(input_ids, attention_mask, positions, **kw)
+        # Shape checks at the boundary; chex runs them on the static shapes, at trace time
+        # under jit, so they cost nothing per step.
+        chex.assert_rank(input_ids, 2)
+        chex.assert_type(input_ids, int)
+        chex.assert_equal_shape([x for x in (input_ids, attention_mask, positions) if x is not None])
+        out = self.module(params)(input_ids, attention_mask, positions, **kw)
+        if out.logits is not None:
+            chex.assert_shape(out.logits, (*input_ids.shape, self.config.vocab_size))
+        return out
 
-    def init(self, seed: int = 0) -> Params:
-        """Random parameters (HF's init: normal(0, initializer_range), norms at one)."""
+    def init(self, seed: int = 0, shardings: Params | None = None) -> Params:
+        """Random parameters (HF's init: normal(0, initializer_range), norms at one).
+
+        With ``shardings`` (a tree of ``jax.sharding.Sharding`` like the params), they are
+        computed directly into their shards under ``jax.jit``: no device holds the whole
+        model. The values equal the unsharded init under ``jax.jit`` bit for bit (JAX's
+        partitionable threefry draws the same numbers whatever the sharding); the eager
+        init can differ from both in the last bit (``std * normal`` fused or not).
+        """
+        if shardings is not None:
+            return jax.jit(lambda: self.init(seed), out_shardings=shardings)()
         model = Transformer(self.config, rngs=nnx.Rngs(seed))
         return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 

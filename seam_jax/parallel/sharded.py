@@ -53,13 +53,8 @@ def param_shardings(fn: ModelFn, rules: Rules) -> Params:
 
 
 def shard_init(fn: ModelFn, shardings: Params, seed: int = 0) -> Params:
-    """``fn.init(seed)`` computed directly into ``shardings``: no device holds it whole.
-
-    The values equal the unsharded init under ``jax.jit`` bit for bit (JAX's
-    partitionable threefry draws the same numbers whatever the sharding); the eager
-    ``fn.init`` can differ from both in the last bit (``std * normal`` fused or not).
-    """
-    return jax.jit(lambda: fn.init(seed), out_shardings=shardings)()
+    """``fn.init(seed)`` computed directly into ``shardings`` (``ModelFn.init``'s sharded path)."""
+    return fn.init(seed, shardings=shardings)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

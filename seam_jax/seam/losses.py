@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -47,10 +48,23 @@ def _mean(total: jax.Array, count: jax.Array) -> jax.Array:
     return total / jnp.maximum(count, 1.0)
 
 
+def check_batch(batch: Batch) -> None:
+    """``input_ids`` [B, T] of integers, ``attention_mask`` and ``loss_mask`` of the same shape.
+
+    chex checks the static shapes: at trace time under jit, once per compilation.
+    """
+    chex.assert_rank(batch["input_ids"], 2)
+    chex.assert_type(batch["input_ids"], int)
+    chex.assert_equal_shape([batch["input_ids"], batch["attention_mask"], batch["loss_mask"]])
+
+
 def masked_ce(fn: ModelFn, params: Params, batch: Batch) -> jax.Array:
     """``l(theta; batch)``: mean CE over the batch's target tokens."""
+    check_batch(batch)
     out = fn(params, batch["input_ids"], batch["attention_mask"])
-    return _mean(*token_ce_sum(out.logits, batch["input_ids"], batch["loss_mask"]))
+    loss = _mean(*token_ce_sum(out.logits, batch["input_ids"], batch["loss_mask"]))
+    chex.assert_rank(loss, 0)
+    return loss
 
 
 def lens_ces(fn: ModelFn, params: Params, hidden: jax.Array, batch: Batch,

@@ -12,14 +12,16 @@ import dataclasses
 import functools
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 
 from seam_jax.model.api import ModelFn, Params
 from seam_jax.model.config import REMAT_POLICIES
 from seam_jax.seam.lens import ul_and_attack_gradients
-from seam_jax.seam.losses import masked_ce, unlearning_and_attack_losses
-from seam_jax.seam.sd_grad import ESTIMATORS, geometry, sd_gradient, tree_axpy, tree_norm
+from seam_jax.seam.losses import check_batch, masked_ce, unlearning_and_attack_losses
+from seam_jax.seam.sd_grad import ESTIMATORS, geometry, sd_gradient
+from seam_jax.tree import tree_axpy
 
 
 SD_REMAT = ("model", *REMAT_POLICIES)
@@ -37,7 +39,9 @@ class SeamHyper:
     ul_variant: str = "intent"
     lens_layers: tuple[int, ...] | None = None
     # Off by default (faithful to the paper): an extra benign CE term, gamma * l(theta; D_bgn),
-    # that keeps benign answers while L_up teaches refusals (SEAM.md's pilot saw over-refusal).
+    # that keeps benign answers while L_up teaches refusals (in a PyTorch pilot on SmolLM2-135M,
+    # 35 SEAM steps took the refusal rate on harmful prompts to 1.00 and benign accuracy
+    # from 0.17 to 0.00: the model refused the benign questions too).
     gamma_benign: float = 0.0
     # The hand-written lens gradient (3 vocabulary projections per layer instead of 7).
     fused_lens: bool = True
@@ -85,8 +89,14 @@ def _count(batch: dict) -> jax.Array:
 
 def seam_gradient(fn: ModelFn, params: Params, batches: dict[str, dict], hp: SeamHyper
                   ) -> tuple[Params, dict[str, jax.Array]]:
-    """The SEAM update direction and its metrics, for batches ``adv``, ``aln``, ``bgn``."""
+    """The SEAM update direction and its metrics, for batches ``adv``, ``aln``, ``bgn``.
+
+    Each batch is ``check_batch``'s [B, T] triple; the direction has the shapes of
+    ``params`` and every metric is a scalar (chex checks all three at trace time).
+    """
     adv, aln, bgn = batches["adv"], batches["aln"], batches["bgn"]
+    for b in (adv, aln, bgn):
+        check_batch(b)
 
     ce = functools.partial(masked_ce, fn)
     fn_sd = fn if hp.sd_remat in ("model", fn.config.remat) else ModelFn(fn.config.replace(remat=hp.sd_remat))
@@ -108,6 +118,8 @@ def seam_gradient(fn: ModelFn, params: Params, batches: dict[str, dict], hp: Sea
         "l_adv": l_a, "l_bgn": l_b, "norm_g_a": geo.norm_a, "norm_g_b": geo.norm_b,
         "targets_adv": _count(adv), "targets_aln": _count(aln), "targets_bgn": _count(bgn),
     }
+    chex.assert_trees_all_equal_shapes(total, params)
+    chex.assert_rank(list(metrics.values()), 0)
     return total, metrics
 
 
@@ -118,4 +130,4 @@ def sft_gradient(fn: ModelFn, params: Params, batches: dict[str, dict], key: str
     return g, {"loss": loss, "targets": _count(batches[key])}
 
 
-__all__ = ["SeamHyper", "seam_gradient", "sft_gradient", "tree_norm"]
+__all__ = ["SeamHyper", "seam_gradient", "sft_gradient"]
