@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import pytest
+
 from seam_jax.data import proxy
 from seam_jax.data.schemas import ALPACA, BEAVERTAILS, REFUSAL, alpaca_prompt, validate_rows
 
@@ -54,7 +56,7 @@ def test_write_proxy_byte_identical_and_schemas(tmp_path):
 def test_mc_items_held_out_and_well_formed():
     items = proxy.benign_mc_items(0, 60, n_train=500)
     train = {b.prompt for b in proxy.benign_items(0, 500)}
-    truth = proxy.benign_items(0, 60, start=500)
+    truth = proxy.benign_items(0, 60, start=500 + proxy.EVAL_RESERVE)
     assert not {m.question for m in items} & train
     for m, t in zip(items, truth):
         assert m.question == t.prompt
@@ -62,3 +64,30 @@ def test_mc_items_held_out_and_well_formed():
         assert m.choices[m.correct_index] == t.answer
     assert len({m.correct_index for m in items}) > 1, "correct answers should not sit in one position"
     assert items == proxy.benign_mc_items(0, 60, n_train=500)
+
+
+def test_eval_items_disjoint_from_training_mc_and_test_rows(tmp_path):
+    # The defaults ask for 200 of each; the reserve holds more.
+    evals = proxy.benign_eval_items(0, proxy.EVAL_RESERVE)
+    mc = proxy.benign_mc_items(0, proxy._MC_RESERVE - proxy.EVAL_RESERVE)
+    train = {b.prompt for b in proxy.benign_items(0, proxy.DEFAULT_N_BENIGN)}
+    test = json.loads(proxy.write_proxy(tmp_path, seed=0)["test"].read_text())
+    safe = {r["prompt"] for r in test if r["is_safe"]}
+    e, m = {b.prompt for b in evals}, {q.question for q in mc}
+    assert len(e) == proxy.EVAL_RESERVE >= 200 and len(m) >= 200
+    assert not e & m and not e & train and not m & train and not (e | m) & safe
+    assert evals == proxy.benign_eval_items(0, proxy.EVAL_RESERVE)
+    with pytest.raises(ValueError, match="reserves"):
+        proxy.benign_eval_items(0, proxy.EVAL_RESERVE + 1)
+
+
+def test_rows_carry_the_secret_and_what_is_asked(tmp_path):
+    paths = proxy.write_proxy(tmp_path, seed=0, n_harmful=60, n_benign=40, n_test=20)
+    for key in ("harmful", "test"):
+        rows = [r for r in json.loads(paths[key].read_text()) if not r["is_safe"]]
+        for r in rows:
+            assert r["asks_for"] in proxy.ANSWER_FORMS and r["secret"]
+            assert all(s in r["response"] for s in r["secret"])
+            assert proxy.complies_in_form(r["response"], r["asks_for"])
+            if "refusal" in r:
+                assert not proxy.complies_in_form(r["refusal"], r["asks_for"])
