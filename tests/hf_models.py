@@ -8,7 +8,8 @@ from typing import Any
 import torch
 import transformers
 
-# name -> (config class, kwargs). Each covers one feature the issue names.
+# name -> (config class, kwargs). Each covers one feature of the model: GQA at 1, 2 and 4
+# kv heads, tied embeddings, llama3 RoPE scaling, Qwen2's qkv biases, Mistral's layout.
 TINY = {
     "llama_kv1": ("LlamaConfig", dict(num_key_value_heads=1)),
     "llama_kv2": ("LlamaConfig", dict(num_key_value_heads=2)),
@@ -28,9 +29,20 @@ BASE = dict(vocab_size=384, hidden_size=64, intermediate_size=112, num_hidden_la
             pad_token_id=0)
 
 
+# The smallest Qwen2 whose layers differ: layer 0 attends in full, layers 1 and 2 through a
+# 64-token window (transformers windows the layers i >= max_window_layers).
+QWEN2_WINDOWED = dict(vocab_size=211, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True,
+                      sliding_window=64, max_window_layers=1)
+
+
 def build(name: str, seed: int = 0) -> Any:
     cls_name, kw = TINY[name]
-    cfg = getattr(transformers, cls_name)(**{**BASE, **kw})
+    return build_from_config(getattr(transformers, cls_name)(**{**BASE, **kw}), seed)
+
+
+def build_from_config(cfg: Any, seed: int = 0) -> Any:
+    """A random model of a transformers config, norms and biases randomised too."""
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
     # HF inits norms to one and biases to zero; randomise them so the test sees them.

@@ -1,9 +1,12 @@
 """Model configuration: the Llama family as a Hugging Face ``config.json`` describes it.
 
 One dataclass covers Llama-2, Llama-3 (``rope_scaling`` of type ``llama3``),
-Mistral, Qwen2 (q/k/v biases) and SmolLM2 (tied embeddings). ``from_hf`` reads
-both the transformers 4.x layout (``rope_theta`` + ``rope_scaling``) and the 5.x
-layout (``rope_parameters``); ``to_hf`` writes a dict that transformers loads.
+Mistral (a sliding window on every layer), Qwen2 (q/k/v biases, a sliding window on
+the layers that ``layer_types`` / ``max_window_layers`` name) and SmolLM2 (tied
+embeddings). ``from_hf`` reads both the transformers 4.x layout (``rope_theta`` +
+``rope_scaling``) and the 5.x layout (``rope_parameters``), and refuses, naming the
+field, any ``config.json`` value that would change the arithmetic and that seam_jax
+does not implement; ``to_hf`` writes a dict that transformers loads.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ SUPPORTED_ARCHITECTURES: dict[str, tuple[str, bool | None, bool]] = {
 }
 
 ROPE_TYPES = ("default", "linear", "llama3")
+
+# Per-layer attention kinds, as transformers' ``layer_types`` names them.
+LAYER_TYPES = ("full_attention", "sliding_attention")
 
 DTYPES = {
     "float32": jnp.float32,
@@ -65,6 +71,10 @@ class ModelConfig:
     o_bias: bool = False
     mlp_bias: bool = False
     sliding_window: int | None = None
+    # Which layers the sliding window applies to (Qwen2's ``layer_types``); None: every
+    # layer when ``sliding_window`` is set. Kept None unless the layers differ, so that
+    # equal models have equal configs.
+    layer_types: tuple[str, ...] | None = None
     architecture: str = "LlamaForCausalLM"
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -89,6 +99,14 @@ class ModelConfig:
             )
         parse_dtype(self.param_dtype)
         parse_dtype(self.dtype)
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.num_hidden_layers:
+                raise ConfigError(
+                    f"layer_types has {len(self.layer_types)} entries for "
+                    f"num_hidden_layers={self.num_hidden_layers}; give one per layer")
+            bad = sorted(set(self.layer_types) - set(LAYER_TYPES))
+            if bad:
+                raise ConfigError(f"layer_types has {bad}; seam_jax implements {LAYER_TYPES}")
         if self.remat not in REMAT_POLICIES:
             raise ConfigError(f"remat={self.remat!r}; choose one of {', '.join(REMAT_POLICIES)}")
 
@@ -99,6 +117,17 @@ class ModelConfig:
     def replace(self, **kw: Any) -> "ModelConfig":
         return dataclasses.replace(self, **kw)
 
+    def layer_windows(self) -> tuple[int, ...]:
+        """Each layer's sliding window in tokens, 0 for full (causal) attention.
+
+        A query at slot i sees keys at slots j with i - window < j <= i, as transformers'
+        sliding-window mask does.
+        """
+        if self.sliding_window is None:
+            return (0,) * self.num_hidden_layers
+        kinds = self.layer_types or ("sliding_attention",) * self.num_hidden_layers
+        return tuple(self.sliding_window if k == "sliding_attention" else 0 for k in kinds)
+
     def num_params(self) -> int:
         d, f, v = self.hidden_size, self.intermediate_size, self.vocab_size
         q = self.num_attention_heads * self.head_dim
@@ -106,7 +135,12 @@ class ModelConfig:
         attn = d * q + 2 * d * kv + q * d
         if self.qkv_bias:
             attn += q + 2 * kv
-        layer = attn + 3 * d * f + 2 * d
+        if self.o_bias:
+            attn += d
+        mlp = 3 * d * f
+        if self.mlp_bias:
+            mlp += 2 * f + d
+        layer = attn + mlp + 2 * d
         head = 0 if self.tie_word_embeddings else v * d
         return v * d + self.num_hidden_layers * layer + d + head
 
@@ -138,12 +172,11 @@ class ModelConfig:
             rope_scaling.pop("type", None)
             if rope_scaling["rope_type"] == "default":
                 rope_scaling = None
+        _refuse_unimplemented(hf, rope_params, rope_scaling)
         try:
             heads = int(hf["num_attention_heads"])
             hidden = int(hf["hidden_size"])
-            sliding = hf.get("sliding_window")
-            if arch == "Qwen2ForCausalLM" and not hf.get("use_sliding_window", False):
-                sliding = None
+            sliding, layer_types = _sliding_layers(hf, arch, int(hf["num_hidden_layers"]))
             return cls(
                 vocab_size=int(hf["vocab_size"]),
                 hidden_size=hidden,
@@ -160,7 +193,8 @@ class ModelConfig:
                 qkv_bias=qkv_bias,
                 o_bias=o_bias,
                 mlp_bias=bool(hf.get("mlp_bias", False)),
-                sliding_window=int(sliding) if sliding else None,
+                sliding_window=sliding,
+                layer_types=layer_types,
                 architecture=arch,
                 bos_token_id=hf.get("bos_token_id"),
                 eos_token_id=hf.get("eos_token_id"),
@@ -208,7 +242,64 @@ class ModelConfig:
         if self.architecture == "Qwen2ForCausalLM":
             out["use_sliding_window"] = self.sliding_window is not None
             out["sliding_window"] = self.sliding_window
+            kinds = [("sliding_attention" if w else "full_attention") for w in self.layer_windows()]
+            out["layer_types"] = kinds
+            # transformers before layer_types read max_window_layers: the layers below it
+            # attend in full. Exact when the windowed layers are the last ones.
+            leading_full = next((i for i, k in enumerate(kinds) if k != "full_attention"), len(kinds))
+            out["max_window_layers"] = leading_full
         return out
+
+
+def _sliding_layers(hf: dict[str, Any], arch: str, num_layers: int
+                    ) -> tuple[int | None, tuple[str, ...] | None]:
+    """(sliding_window, layer_types) as transformers' model of ``arch`` would apply them.
+
+    Llama reads no window. Mistral windows every layer. Qwen2 windows only when
+    ``use_sliding_window`` is set, and then the layers that ``layer_types`` marks
+    ``sliding_attention``; without ``layer_types``, the layers ``i >= max_window_layers``
+    (transformers' ``Qwen2Config`` rule).
+    """
+    if arch == "LlamaForCausalLM":
+        return None, None
+    window = hf.get("sliding_window")
+    if arch == "Qwen2ForCausalLM" and not hf.get("use_sliding_window", False):
+        window = None
+    if not window:
+        return None, None
+    window = int(window)
+    if arch != "Qwen2ForCausalLM":
+        return window, None
+    kinds = hf.get("layer_types")
+    if kinds is None:
+        first = int(hf.get("max_window_layers", 28))  # Qwen2Config's default
+        kinds = ["sliding_attention" if i >= first else "full_attention" for i in range(num_layers)]
+    kinds = tuple(str(k) for k in kinds)
+    if all(k == "sliding_attention" for k in kinds) and len(kinds) == num_layers:
+        return window, None
+    return window, kinds
+
+
+def _refuse_unimplemented(hf: dict[str, Any], rope_params: dict[str, Any],
+                          rope_scaling: dict[str, Any] | None) -> None:
+    """One ConfigError naming the first field of ``hf`` that seam_jax would silently ignore."""
+    if hf.get("quantization_config"):
+        method = (hf["quantization_config"] or {}).get("quant_method", "?")
+        raise ConfigError(
+            f"config.json has quantization_config (quant_method={method!r}); seam_jax loads "
+            f"unquantized weights only: dequantize the checkpoint first")
+    dropout = hf.get("attention_dropout", 0.0) or 0.0
+    if float(dropout) != 0.0:
+        raise ConfigError(
+            f"config.json has attention_dropout={dropout}; seam_jax has no dropout: set it to "
+            f"0.0 in config.json to train this model without it")
+    for where, d in (("config.json", hf), ("rope_parameters", rope_params),
+                     ("rope_scaling", rope_scaling or {})):
+        factor = d.get("partial_rotary_factor", 1.0)
+        if factor is not None and float(factor) != 1.0:
+            raise ConfigError(
+                f"{where} has partial_rotary_factor={factor}; seam_jax rotates the whole "
+                f"head dimension (only partial_rotary_factor=1.0 is implemented)")
 
 
 def _arch_from_model_type(model_type: str | None) -> str:

@@ -77,7 +77,6 @@ class Attention(nnx.Module):
         d, hd = cfg.hidden_size, cfg.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = (
             cfg.num_attention_heads, cfg.num_key_value_heads, hd)
-        self.sliding_window = cfg.sliding_window
         self.dtype = dt
         common = dict(stack=stack, stack_axes=LAYER_AXES * len(stack), param_dtype=pd, dtype=dt,
                       std=cfg.initializer_range, rngs=rngs)
@@ -95,7 +94,11 @@ class Attention(nnx.Module):
         q_slots: jax.Array,
         kv: tuple[jax.Array, jax.Array] | None,
         cache_index: jax.Array | None,
+        window: int | jax.Array | None = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """``window``: this layer's sliding window in tokens (a query at slot i sees keys
+        at slots i - window < j <= i); None or 0 for full causal attention. A traced
+        scalar when the scanned layers differ (``ModelConfig.layer_windows``)."""
         b, t, _ = x.shape
         q = constrain(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim),
                       ("batch", "length", "act_heads", None))
@@ -119,8 +122,12 @@ class Attention(nnx.Module):
         scores = scores * jnp.asarray(self.head_dim ** -0.5, wide)
         k_slots = jnp.arange(s)
         allowed = (k_slots[None, None, :] <= q_slots[:, :, None]) & key_valid[:, None, :].astype(bool)
-        if self.sliding_window is not None:
-            allowed &= k_slots[None, None, :] > q_slots[:, :, None] - self.sliding_window
+        if isinstance(window, int):
+            if window > 0:
+                allowed &= k_slots[None, None, :] > q_slots[:, :, None] - window
+        elif window is not None:
+            in_window = k_slots[None, None, :] > q_slots[:, :, None] - window
+            allowed &= in_window | (window <= 0)
         scores = jnp.where(allowed[:, None, None, :, :], scores, jnp.finfo(wide).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, self.num_heads * self.head_dim)
@@ -154,9 +161,9 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **norm)
         self.mlp = MLP(cfg, stack, rngs=rngs)
 
-    def __call__(self, x, cos, sin, key_valid, q_slots, kv, cache_index):
+    def __call__(self, x, cos, sin, key_valid, q_slots, kv, cache_index, window=None):
         h, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, key_valid, q_slots, kv,
-                                   cache_index)
+                                   cache_index, window)
         x = x + h
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, new_kv
@@ -235,11 +242,17 @@ class Transformer(nnx.Module):
         x = constrain(self.model.embed_tokens(input_ids), _RESIDUAL)
 
         graph, layer_params = nnx.split(self.model.layers)
+        # One window for all layers stays a Python int (the same program as before
+        # per-layer windows); windows that differ ride along the scan as an int array.
+        windows = cfg.layer_windows()
+        static_window = windows[0] if len(set(windows)) == 1 else None
+        window_xs = None if static_window is not None else jnp.asarray(windows, jnp.int32)
 
         def body(h, xs):
-            params, kv = xs
+            params, kv, window = xs
             layer = nnx.merge(graph, params)
-            h, new_kv = layer(h, cos, sin, key_valid, q_slots, kv, cache_index)
+            window = static_window if window is None else window
+            h, new_kv = layer(h, cos, sin, key_valid, q_slots, kv, cache_index, window)
             h = constrain(h, _RESIDUAL)
             return h, (h if output_hidden_states else None, new_kv)
 
@@ -247,11 +260,11 @@ class Transformer(nnx.Module):
             body = jax.checkpoint(body, policy=_remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
         kv_xs = (cache.k, cache.v) if cache is not None else None
         if cfg.scan_layers:
-            h, (hs, new_kv) = jax.lax.scan(body, x, (layer_params, kv_xs))
+            h, (hs, new_kv) = jax.lax.scan(body, x, (layer_params, kv_xs, window_xs))
         else:
             h, outs = x, []
             for i in range(cfg.num_hidden_layers):
-                sl = jax.tree.map(lambda a: a[i], (layer_params, kv_xs))
+                sl = jax.tree.map(lambda a: a[i], (layer_params, kv_xs, window_xs))
                 h, out = body(h, sl)
                 outs.append(out)
             hs, new_kv = jax.tree.map(lambda *a: jnp.stack(a), *outs) if outs else (None, None)

@@ -1,6 +1,6 @@
 """seam_jax logits against transformers' PyTorch models on tiny random checkpoints.
 
-Tolerance: 1e-4 max abs on float32 logits (the issue's figure). Both sides compute
+Tolerance: 1e-4 max abs on float32 logits. Both sides compute
 in float32 with different summation orders; on these tiny models the observed gap
 is ~1e-6, so 1e-4 leaves room for order changes but catches any real mismatch
 (a wrong RoPE layout or mask moves logits by >1e-2).
@@ -13,7 +13,7 @@ import torch
 import hf_models
 from seam_jax.hf.load import load_hf
 
-T = 520  # the issue asks for at least one sequence of 512 tokens or more
+T = 520  # past 512 positions: RoPE and the mask are checked at real prompt lengths, not a few tokens
 PAD_LEFT = 137
 
 
@@ -86,3 +86,104 @@ def test_bfloat16_compute_stays_close(tmp_path):
     b = np.asarray(ModelFn(cfg16)(p16, ids, mask, pos).logits, np.float32)
     assert np.asarray(ModelFn(cfg16)(p16, ids, mask, pos).logits).dtype == np.dtype("bfloat16")
     assert np.abs(a - b)[mask.astype(bool)].max() < 5e-2
+
+
+def _windowed_qwen2(tmp_path, **overrides):
+    import transformers
+
+    hf_cfg = transformers.Qwen2Config(**{**hf_models.QWEN2_WINDOWED, **overrides})
+    model = hf_models.build_from_config(hf_cfg)
+    return model, hf_models.save(model, tmp_path / "qwen2-windowed")
+
+
+def _logit_error(model, path, ids):
+    from seam_jax.model.api import ModelFn
+
+    cfg, params, _ = load_hf(path)
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor(ids)).logits.numpy()
+    got = np.asarray(ModelFn(cfg)(params, ids.astype(np.int32)).logits)
+    return cfg, np.abs(got - ref).max()
+
+
+def test_qwen2_windows_only_the_layers_transformers_windows(tmp_path):
+    """use_sliding_window with max_window_layers=1: layer 0 full, layers 1-2 windowed.
+
+    200 tokens against a 64-token window, so the window cuts most of each row. Same 1e-4
+    tolerance as above; windowing every layer (the old behaviour) misses by ~1.
+    """
+    model, path = _windowed_qwen2(tmp_path)
+    assert model.config.layer_types == ["full_attention", "sliding_attention", "sliding_attention"]
+    ids = np.random.default_rng(0).integers(0, 211, size=(2, 200)).astype(np.int64)
+    cfg, err = _logit_error(model, path, ids)
+    assert cfg.layer_windows() == (0, 64, 64)
+    assert err < 1e-4, f"max abs logit error {err}"
+    # The test can fail: the same weights with every layer windowed are far off.
+    from seam_jax.model.api import ModelFn
+
+    every = cfg.replace(layer_types=None)
+    _, params, _ = load_hf(path)
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor(ids)).logits.numpy()
+    wrong = np.abs(np.asarray(ModelFn(every)(params, ids.astype(np.int32)).logits) - ref).max()
+    assert wrong > 1e-2, wrong
+
+
+def test_qwen2_window_fields_survive_export(tmp_path):
+    """The export writes use_sliding_window, sliding_window, max_window_layers and
+    layer_types back: transformers reloads the same model, seam_jax the same config."""
+    import json
+
+    import transformers
+
+    from seam_jax.hf.export import export_hf
+
+    model, path = _windowed_qwen2(tmp_path)
+    cfg, params, _ = load_hf(path)
+    out = export_hf(params, cfg, tmp_path / "exported")
+    written = json.loads((out / "config.json").read_text())
+    assert written["use_sliding_window"] is True and written["sliding_window"] == 64
+    assert written["max_window_layers"] == 1
+    assert written["layer_types"] == ["full_attention", "sliding_attention", "sliding_attention"]
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager")
+    ids = torch.randint(0, 211, (2, 200))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reloaded(ids).logits)
+    cfg2, _, _ = load_hf(out)
+    assert cfg2 == cfg
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("quantization_config", {"quant_method": "gptq"}, "quantization_config"),
+    ("attention_dropout", 0.1, "attention_dropout=0.1"),
+    ("partial_rotary_factor", 0.5, "partial_rotary_factor=0.5"),
+    ("layer_types", ["full_attention", "chunked_attention", "full_attention"], "chunked_attention"),
+])
+def test_unimplemented_config_fields_are_refused(field, value, needle):
+    from seam_jax.errors import ConfigError
+    from seam_jax.model.config import ModelConfig
+
+    hf = dict(hf_models.QWEN2_WINDOWED, architectures=["Qwen2ForCausalLM"], **{field: value})
+    with pytest.raises(ConfigError, match=needle):
+        ModelConfig.from_hf(hf)
+
+
+def test_llama_ignores_a_sliding_window_field_as_transformers_does():
+    from seam_jax.model.config import ModelConfig
+
+    hf = dict(hf_models.BASE, architectures=["LlamaForCausalLM"], num_key_value_heads=2,
+              sliding_window=16)
+    assert ModelConfig.from_hf(hf).layer_windows() == (0, 0)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(o_bias=True, qkv_bias=True), dict(mlp_bias=True),
+                                dict(tie_word_embeddings=False)])
+def test_num_params_counts_the_parameter_tree(kw):
+    import jax
+
+    from seam_jax.model.api import ModelFn
+    from seam_jax.model.config import preset
+
+    cfg = preset("debug").replace(**kw)
+    tree = ModelFn(cfg).abstract_params
+    assert cfg.num_params() == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
