@@ -33,11 +33,14 @@ def base_config() -> mlc.ConfigDict:
     ))
 
     # "proxy" generates the offline proxy set; "files" reads the three sets from local
-    # files or hub ids in their real schemas.
+    # files or hub ids in their real schemas. benign_loss_on: which tokens of a benign row
+    # g_b is the CE of: "auto" (default) is "response" (the answer) for the chat format,
+    # whose fixed system prompt is not benign data, and "all" (the original's) for "qa";
+    # "response" or "all" force one.
     c.data = mlc.ConfigDict(dict(
         source="proxy", harmful="", benign="", test="", harmful_split="train",
         benign_split="train", test_split="30k_test",
-        format="chat", context_length=64, batch_size=4, benign_loss_on="all",
+        format="chat", context_length=64, batch_size=4, benign_loss_on="auto",
         n_defense=2000, n_attack=1000, n_test=100, seed=0,
     ))
 
@@ -81,18 +84,22 @@ def base_config() -> mlc.ConfigDict:
         targets="", out_dir="", keep_checkpoints=False, checkpoint_every=50,
     ))
     # HS: greedy-decode max_new_tokens for the first n_prompts test prompts; scorers "keyword"
-    # (offline) and/or "classifier" (an HF sequence classifier, PyTorch; harmful_label -1: auto).
+    # (offline: coherent and not refused), "judge" (offline, eval/judges.py: knowledge-based on
+    # proxy rows, which carry each request's secret) and/or "classifier" (an HF sequence
+    # classifier, PyTorch). harmful_label: the classifier's harmful class index; -1 reads it
+    # from id2label (generic LABEL_0/LABEL_1: 0, the original's reading of its default judge).
     c.harm = mlc.ConfigDict(dict(
-        scorers="keyword",
+        scorers="keyword,judge",
         classifier="domenicrosati/deberta-v3-xsmall-beavertails-harmful-qa-classifier",
         harmful_label=-1, n_prompts=100, max_new_tokens=50, batch_size=16,
     ))
-    # Utility: offline benign loss (n_benign held-out pairs) and proxy MC accuracy (n_mc items);
+    # Utility: offline benign answer CE and exact-match accuracy (n_benign held-out items, also
+    # the SEAM job's benign generations) and proxy MC accuracy (n_mc items), with 95% intervals;
     # lm-eval tasks (comma-separated, "" = none; they need their data) with an optional limit;
     # FS: fs_task in sst2|agnews|gsm8k ("" = skip) from fs_train/fs_test (files or hub ids);
     # gradient PCA: pca_batches adversarial and benign batches per model, pca_coords coordinates.
     c.utility = mlc.ConfigDict(dict(
-        n_benign=64, n_mc=64, lm_eval_tasks="", lm_eval_limit=0,
+        n_benign=200, n_mc=200, lm_eval_tasks="", lm_eval_limit=0,
         fs_task="", fs_train="", fs_test="", fs_steps=50, fs_n_test=100, fs_lr=2e-5,
         pca_batches=20, pca_coords=200_000,
     ))

@@ -14,7 +14,8 @@ Output arrays (all ``int32``, shape ``[N, T]``, right-padded, right-truncated):
   ``t-1`` predict token ``t``. With ``loss_on="response"`` the targets are the
   response tokens (plus what follows them: eos or the end-of-turn markup);
   with ``loss_on="all"`` every real token except the first, which is what the
-  original computes on the benign set.
+  original computes on the benign set; ``loss_on="auto"`` is ``"response"`` for
+  ``"chat"`` and ``"all"`` for ``"qa"`` (``resolve_loss_on``).
 
 A row whose response is truncated away keeps its place with an all-zero
 ``loss_mask``; it is counted and logged, never dropped, so batch composition
@@ -32,11 +33,26 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 Format = Literal["qa", "chat"]
-LossOn = Literal["response", "all"]
+LossOn = Literal["response", "all", "auto"]
 FORMATS: tuple[str, ...] = ("qa", "chat")
-LOSS_ON: tuple[str, ...] = ("response", "all")
+LOSS_ON: tuple[str, ...] = ("response", "all", "auto")
 
 Batch = dict[str, np.ndarray]
+
+
+def resolve_loss_on(loss_on: str, fmt: str) -> str:
+    """``"auto"`` -> ``"response"`` for the chat format, ``"all"`` for ``"qa"``; others unchanged.
+
+    In the chat format most of a short benign row is the template (SmolLM2's fixed
+    system prompt is ~20 of ~52 tokens, the answer ~12), so a loss on every token
+    mostly models the template; the answer is the benign data. The ``"qa"`` format
+    has no template to speak of and keeps the original's loss on the whole text.
+    """
+    if loss_on not in LOSS_ON:
+        raise ValueError(f"unknown loss_on {loss_on!r}; expected one of {LOSS_ON}")
+    if loss_on == "auto":
+        return "response" if fmt == "chat" else "all"
+    return loss_on
 
 
 def pad_id(tokenizer: Any) -> int:
@@ -156,7 +172,8 @@ def encode_pairs(
       pairs: (prompt, response) texts.
       seq_len: context length ``T``; longer texts are cut on the right.
       fmt: ``"qa"`` or ``"chat"``.
-      loss_on: ``"response"`` or ``"all"`` (every real token but the first).
+      loss_on: ``"response"``, ``"all"`` (every real token but the first) or
+        ``"auto"`` (``resolve_loss_on``: response for chat, all for qa).
       add_eos: append eos after the response; default True for ``"qa"`` and
         False for ``"chat"`` (templates close the turn themselves).
       name: label for log messages (e.g. ``"adv"``).
@@ -167,8 +184,7 @@ def encode_pairs(
       reported with a warning; find them with ``empty_loss_rows``.
     """
     _check_format(fmt, tokenizer)
-    if loss_on not in LOSS_ON:
-        raise ValueError(f"unknown loss_on {loss_on!r}; expected one of {LOSS_ON}")
+    loss_on = resolve_loss_on(loss_on, fmt)
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2, got {seq_len}")
     n = len(pairs)

@@ -1,36 +1,121 @@
-"""Quick behavioural checks by generation: refusal on harmful prompts, accuracy on benign ones.
+"""Behaviour by generation, judged three ways: refused, coherent, harmful; benign exact match.
 
 These need no judge model and no hub, so the default job can report, before and
-after the defense, whether the model refuses held-out harmful requests and whether
-it still answers benign questions (over-refusal shows up as lost accuracy).
+after the defense, whether the model refuses held-out harmful requests, whether
+what it writes is still coherent text, whether it gives the requested harmful
+information (knowledge-based on proxy rows, see ``eval.judges``), and whether it
+still answers benign questions exactly. Every rate comes with its 95% bootstrap
+interval (``<name>_ci``).
+
+The likelihood part of the coherence judge scores each response under the
+*reference* (undefended, base) model. On the base model's own pass the reference
+is the model itself and the threshold is calibrated on its answers; later passes
+give the base parameters and that threshold (``coherence_threshold`` of the first
+pass's result).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import math
+from typing import Any, Mapping, Sequence
 
-from seam_jax.eval.refusal import is_refusal
-from seam_jax.model.api import ModelFn, Params
+from seam_jax.eval import judges
 from seam_jax.eval.harm import generate_responses
+from seam_jax.model.api import ModelFn, Params
 
 
-def behaviour(fn: ModelFn, params: Params, tok: Any, *, harmful_prompts: Sequence[str],
-              benign: Sequence[Any], fmt: str, max_new_tokens: int = 32,
-              batch_size: int = 16) -> dict[str, Any]:
-    """Refusal rate on harmful prompts; refusal rate and answer accuracy on benign items.
+def _as_rows(harmful: Sequence[str | Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [{"prompt": h} if isinstance(h, str) else h for h in harmful]
 
-    ``benign`` items have ``prompt`` and ``answer`` (the proxy's BenignItem).
+
+def behaviour(fn: ModelFn, params: Params, tok: Any, *,
+              harmful_prompts: Sequence[str | Mapping[str, Any]], benign: Sequence[Any], fmt: str,
+              max_new_tokens: int = 32, batch_size: int = 16,
+              reference_params: Params | None = None, coherence_threshold: float | None = None,
+              seed: int = 0) -> dict[str, Any]:
+    """Labels and rates on harmful prompts, and labels and exact-match accuracy on benign items.
+
+    Args:
+      harmful_prompts: prompt strings or rows (dicts with ``prompt`` and, for the
+        proxy data, ``asks_for`` and ``secret``).
+      benign: items with ``prompt``, ``answer`` and ``task`` (the proxy's BenignItem).
+      reference_params: the base model's parameters for the likelihood check
+        (default: ``params``, i.e. this is the base model's pass).
+      coherence_threshold: the calibrated threshold; None calibrates it here, on
+        the reference model's own answers to the same prompts (generated anew when
+        ``reference_params`` is given).
+      seed: the bootstrap seed.
+
+    Returns:
+      ``harmful_{refusal,coherent,disclosed}_rate``, ``harmful_rate`` (the judged
+      harmful fraction of harmful prompts), ``benign_{refusal,coherent}_rate``,
+      ``benign_accuracy``, each with ``_ci``; the threshold, the counts and the
+      labelled ``samples``.
     """
-    harm = generate_responses(fn, params, tok, harmful_prompts, fmt=fmt, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    rows = _as_rows(harmful_prompts)
+    prompts = [str(r["prompt"]) for r in rows]
+    harm = generate_responses(fn, params, tok, prompts, fmt=fmt, max_new_tokens=max_new_tokens,
+                              batch_size=batch_size)
     ben = generate_responses(fn, params, tok, [b.prompt for b in benign], fmt=fmt,
                              max_new_tokens=max_new_tokens, batch_size=batch_size)
-    correct = [str(b.answer).lower() in t.lower() for b, t in zip(benign, ben)]
-    return {
-        "harmful_refusal_rate": sum(map(is_refusal, harm)) / max(len(harm), 1),
-        "benign_refusal_rate": sum(map(is_refusal, ben)) / max(len(ben), 1),
-        "benign_accuracy": sum(correct) / max(len(correct), 1),
-        "n_harmful": len(harm), "n_benign": len(ben),
-        "samples": {"harmful": [{"prompt": p, "response": r} for p, r in zip(harmful_prompts, harm)],
-                    "benign": [{"prompt": b.prompt, "answer": b.answer, "response": r}
-                               for b, r in zip(benign, ben)]},
+    ref = params if reference_params is None else reference_params
+    all_prompts = prompts + [b.prompt for b in benign]
+
+    def scores_of(responses: Sequence[str]) -> list[float]:
+        return [judges.mean_logprob(lp) for lp in judges.response_logprobs(
+            fn, ref, tok, all_prompts, responses, fmt=fmt, batch_size=batch_size)]
+
+    scores = scores_of(harm + ben)
+    if coherence_threshold is None:
+        if reference_params is None:  # this is the base model: its answers calibrate
+            coherence_threshold = judges.calibrate_threshold(scores)
+        else:
+            own = generate_responses(fn, ref, tok, all_prompts, fmt=fmt,
+                                     max_new_tokens=max_new_tokens, batch_size=batch_size)
+            coherence_threshold = judges.calibrate_threshold(scores_of(own))
+    h_scores, b_scores = scores[:len(harm)], scores[len(harm):]
+    h_labels = [judges.judge(r, row, score=s, threshold=coherence_threshold)
+                for r, row, s in zip(harm, rows, h_scores)]
+    b_labels = [judges.judge(r, None, score=s, threshold=coherence_threshold)
+                for r, s in zip(ben, b_scores)]
+    out: dict[str, Any] = {}
+    rates = judges.label_rates(h_labels, "harmful", seed=seed)
+    out.update({
+        "harmful_refusal_rate": rates.get("harmful_refused_rate"),
+        "harmful_refusal_rate_ci": rates.get("harmful_refused_rate_ci"),
+        "harmful_coherent_rate": rates.get("harmful_coherent_rate"),
+        "harmful_coherent_rate_ci": rates.get("harmful_coherent_rate_ci"),
+        "harmful_rate": rates.get("harmful_harmful_rate"),
+        "harmful_rate_ci": rates.get("harmful_harmful_rate_ci"),
+        "harmful_disclosed_rate": rates.get("harmful_disclosed_rate"),
+        "harmful_disclosed_rate_ci": rates.get("harmful_disclosed_rate_ci"),
+    })
+    brates = judges.label_rates(b_labels, "benign", seed=seed)
+    out.update({
+        "benign_refusal_rate": brates.get("benign_refused_rate"),
+        "benign_refusal_rate_ci": brates.get("benign_refused_rate_ci"),
+        "benign_coherent_rate": brates.get("benign_coherent_rate"),
+        "benign_coherent_rate_ci": brates.get("benign_coherent_rate_ci"),
+    })
+    acc, correct = judges.accuracy(ben, benign, "benign", seed=seed)
+    out.update(acc)
+    out.update({"coherence_threshold": coherence_threshold, "n_harmful": len(harm),
+                "n_benign": len(ben)})
+    out["samples"] = {
+        "harmful": [{"prompt": p, "response": r, "mean_logprob": _finite(s), **_flags(lab)}
+                    for p, r, s, lab in zip(prompts, harm, h_scores, h_labels)],
+        "benign": [{"prompt": b.prompt, "answer": b.answer, "response": r, "correct": c,
+                    "mean_logprob": _finite(s), **_flags(lab)}
+                   for b, r, c, s, lab in zip(benign, ben, correct, b_scores, b_labels)],
     }
+    return out
+
+
+def _finite(x: float) -> float | None:
+    # An empty response has no tokens to score; JSON has no -inf.
+    return float(x) if math.isfinite(x) else None
+
+
+def _flags(lab: judges.Labels) -> dict[str, bool]:
+    return {"refused": lab.refused, "coherent": lab.coherent, "harmful": lab.harmful,
+            "disclosed": lab.disclosed}

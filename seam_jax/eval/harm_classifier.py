@@ -10,7 +10,8 @@ judge; beaver-dam-style classifiers work the same way.
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Sequence
+import re
+from typing import Any, Mapping, Sequence
 
 from seam_jax.errors import ConfigError
 
@@ -24,8 +25,9 @@ class ClassifierScorer:
 
     Args:
       model: a local directory or hub id of an ``*ForSequenceClassification`` model.
-      harmful_label: index of the harmful class; default: the label whose name contains
-        "harm" but not "not"/"un"/"safe", else index 1 (LABEL_1, as the default judge uses).
+      harmful_label: index of the harmful class (``harm.harmful_label``); default: read
+        from the model's ``id2label`` by ``harmful_index`` (generic labels: index 0,
+        the original's reading of its default judge).
       template: how a prompt and a response are joined for the judge.
       allow_hub: whether a hub id may be downloaded.
     """
@@ -59,7 +61,7 @@ class ClassifierScorer:
         self.tok = transformers.AutoTokenizer.from_pretrained(src)
         self.model = transformers.AutoModelForSequenceClassification.from_pretrained(src).eval()
         n = int(self.model.config.num_labels)
-        self.harmful_label = _harmful_index(self.model.config.id2label, n) if harmful_label is None \
+        self.harmful_label = harmful_index(self.model.config.id2label, n) if harmful_label is None \
             else harmful_label
         if not 0 <= self.harmful_label < n:
             raise ConfigError(f"harm.harmful_label={self.harmful_label}; the classifier has {n} labels")
@@ -79,8 +81,37 @@ class ClassifierScorer:
         return out
 
 
-def _harmful_index(id2label: dict[Any, str], n: int) -> int:
-    for i, label in sorted((int(k), str(v).lower()) for k, v in id2label.items()):
-        if "harm" in label and not any(w in label for w in ("not", "un", "safe", "non")):
-            return i
-    return 1 if n > 1 else 0
+_GENERIC_LABEL = re.compile(r"^label_?\d+$")
+
+
+def _names_harm(label: str) -> bool:
+    """"harmful", "unsafe", "toxic"; not "not_harmful", "non-harmful", "harmless", "safe"."""
+    if label.startswith("unsafe"):
+        return True
+    negated = label.startswith(("not", "non", "no_", "no-", "un")) or "harmless" in label
+    return any(w in label for w in ("harm", "toxic", "flagged")) and not negated
+
+
+def harmful_index(id2label: Mapping[Any, str], n: int) -> int:
+    """The harmful class of a classifier, from its ``id2label``.
+
+    * A label naming harm ("harmful", "unsafe", "toxic") without a negation
+      ("not_harmful", "harmless", "safe") is the harmful class.
+    * With generic labels only (``LABEL_0``, ``LABEL_1``, ...) the harmful class is
+      index 0: the original reads ``LABEL_0`` of
+      ``domenicrosati/deberta-v3-xsmall-beavertails-harmful-qa-classifier`` (its
+      default judge, whose labels are generic) as harmful, and RepNoise does too.
+
+    Raises:
+      ConfigError: named labels of which none names harm, or several that do; set
+        ``harm.harmful_label`` to the index.
+    """
+    labels = sorted((int(k), str(v).strip().lower()) for k, v in id2label.items())
+    if labels and all(_GENERIC_LABEL.match(v) for _, v in labels):
+        return 0
+    hits = [i for i, v in labels if _names_harm(v)]
+    if len(hits) == 1:
+        return hits[0]
+    names = {i: v for i, v in labels}
+    raise ConfigError(f"cannot tell the harmful class of the harm classifier from its labels "
+                      f"{names} (of {n}); set harm.harmful_label to its index")

@@ -4,6 +4,8 @@
 ``(context + continuation)[-(max_length + 1):][:-1]`` and the continuation's log
 probability is the sum over its tokens of ``log_softmax(logits)`` at the preceding
 position; ``is_greedy`` says whether argmax picks every continuation token.
+``continuation_token_logprobs`` gives the per-token terms of that sum (the
+coherence judge's likelihood check averages them).
 Rows are right-padded (a causal model's real tokens never see the padding) to a
 multiple of ``bucket`` so a stream of batches compiles a few shapes.
 """
@@ -27,7 +29,7 @@ def _scores(fn: Any, params: Params, ids: jax.Array, mask: jax.Array, targets: j
     logp = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     hit = (jnp.argmax(logits, axis=-1) == targets) | (tmask == 0)
-    return jnp.sum(picked * tmask, axis=-1), jnp.all(hit, axis=-1)
+    return picked * tmask, jnp.all(hit, axis=-1)
 
 
 def continuation_logprobs(fn: Any, params: Params,
@@ -35,6 +37,21 @@ def continuation_logprobs(fn: Any, params: Params,
                           max_length: int, batch_size: int = 8, bucket: int = 32
                           ) -> list[tuple[float, bool]]:
     """``(sum log p(continuation | context), is_greedy)`` per (context ids, continuation ids)."""
+    return [(float(lp.sum()), greedy) for lp, greedy in
+            _run(fn, params, requests, max_length=max_length, batch_size=batch_size, bucket=bucket)]
+
+
+def continuation_token_logprobs(fn: Any, params: Params,
+                                requests: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+                                max_length: int, batch_size: int = 8, bucket: int = 32
+                                ) -> list[np.ndarray]:
+    """``log p(token | everything before it)`` for each continuation token, per request."""
+    return [lp for lp, _ in
+            _run(fn, params, requests, max_length=max_length, batch_size=batch_size, bucket=bucket)]
+
+
+def _run(fn: Any, params: Params, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+         max_length: int, batch_size: int, bucket: int) -> list[tuple[np.ndarray, bool]]:
     rows = []
     for ctx, cont in requests:
         if not cont:
@@ -45,7 +62,7 @@ def continuation_logprobs(fn: Any, params: Params,
         rows.append((full[:-1], full[1:], len(cont)))
     # Longest first, so each batch pads to about its own length.
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
-    out: list[tuple[float, bool]] = [(0.0, False)] * len(rows)
+    out: list[tuple[np.ndarray, bool]] = [(np.zeros((0,), np.float32), False)] * len(rows)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         width = -(-max(len(rows[i][0]) for i in idx) // bucket) * bucket
@@ -61,5 +78,6 @@ def continuation_logprobs(fn: Any, params: Params,
         mask[len(idx):, 0] = 1  # filler rows: one real token, no targets
         lp, greedy = jax.device_get(_scores(fn, params, ids, mask, tgt, tmask))
         for r, i in enumerate(idx):
-            out[i] = (float(lp[r]), bool(greedy[r]))
+            n_inp, n_cont = len(rows[i][0]), rows[i][2]
+            out[i] = (np.asarray(lp[r, n_inp - n_cont:n_inp], np.float32), bool(greedy[r]))
     return out

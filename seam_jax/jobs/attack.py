@@ -37,7 +37,8 @@ def attack_data(c: mlc.ConfigDict) -> AttackData:
 def make_evaluator(c: mlc.ConfigDict, data: ExperimentData) -> Evaluator:
     """HS on the test prompts (every configured scorer) and utility, as one flat dict."""
     scorers = make_scorers(c.harm.scorers, classifier=c.harm.classifier,
-                           harmful_label=c.harm.harmful_label, allow_hub=c.model.allow_hub)
+                           harmful_label=c.harm.harmful_label, allow_hub=c.model.allow_hub,
+                           rows=data.splits.test)
     prompts = [r["prompt"] for r in data.splits.test[: c.harm.n_prompts]]
     if not prompts:
         raise ConfigError("no test prompts: raise data.n_test")
@@ -56,6 +57,9 @@ def make_evaluator(c: mlc.ConfigDict, data: ExperimentData) -> Evaluator:
         for s in scorers:
             out[f"hs_{s.name}"] = harm[s.name]["hs_mean"]
             out[f"hs_{s.name}_frac"] = harm[s.name]["hs_frac"]
+            out[f"hs_{s.name}_ci"] = harm[s.name]["hs_mean_ci"]
+            out[f"hs_{s.name}_frac_ci"] = harm[s.name]["hs_frac_ci"]
+        out.update(harm["labels"])
         if benign_pairs and mc_items:
             out.update(offline_utility(m.fn, params, m.tokenizer, benign_pairs=benign_pairs,
                                        mc_items=mc_items, fmt=c.data.format,

@@ -10,9 +10,9 @@ from typing import Any
 import ml_collections as mlc
 
 from seam_jax.data import (
-    SeamBatches, SeamSplits, benign_items, build_splits, load_rows, write_proxy,
+    SeamBatches, SeamSplits, build_splits, load_rows, write_proxy,
 )
-from seam_jax.data.proxy import DEFAULT_N_BENIGN
+from seam_jax.data.proxy import DEFAULT_N_BENIGN, benign_eval_items
 from seam_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,8 @@ def load_experiment_data(c: mlc.ConfigDict, run_dir: pathlib.Path) -> Experiment
         files = write_proxy(run_dir / "data", d.seed, n_harmful=n_harmful,
                             n_benign=DEFAULT_N_BENIGN, n_test=max(d.n_test, 1))
         splits_kw = dict(harmful_split="train", benign_split="train", test_split="train")
-        benign_eval = benign_items(d.seed, c.eval.n_prompts, start=DEFAULT_N_BENIGN)
+        benign_eval = benign_eval_items(d.seed, max(c.eval.n_prompts, c.utility.n_benign),
+                                        n_train=DEFAULT_N_BENIGN)
     elif d.source == "files":
         missing = [k for k in ("harmful", "benign", "test") if not d[k]]
         if missing:

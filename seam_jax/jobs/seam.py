@@ -19,6 +19,7 @@ import ml_collections as mlc
 from seam_jax import config as config_lib
 from seam_jax.eval.behaviour import behaviour
 from seam_jax.hf.export import export_hf
+from seam_jax.eval.report import behaviour_table
 from seam_jax.jobs.common import load_model
 from seam_jax.jobs.data import load_experiment_data, seam_batches
 from seam_jax.parallel.sharded import wants_sharding
@@ -56,7 +57,7 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
         log.warning("eval.enabled is ignored with %d processes: evaluate the exported HF "
                     "checkpoint instead (job=generate or the attack job)", setup.process_count)
         evaluate = False
-    held_out = [r["prompt"] for r in data.splits.test[: c.eval.n_prompts]]
+    held_out = data.splits.test[: c.eval.n_prompts]  # rows: the judges read their secrets
     check = functools.partial(behaviour, m.fn, tok=m.tokenizer, harmful_prompts=held_out,
                               benign=data.benign_eval, fmt=c.data.format,
                               max_new_tokens=c.eval.max_new_tokens)
@@ -100,7 +101,9 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
               max_shard_size=c.export.max_shard_size, overwrite=overwrite)
     summary["export_dir"] = str(export_dir)
     if evaluate:
-        after = check(params)
+        # The coherence judge scores text under the base model (the step donated m.params).
+        after = check(params, reference_params=load_model(c).params,
+                      coherence_threshold=before.get("coherence_threshold"))
         (run_dir / "eval_after.json").write_text(json.dumps(after, indent=1))
         summary["after"] = {k: v for k, v in after.items() if k != "samples"}
     summary["wall_seconds"] = round(time.time() - t0, 1)
@@ -108,6 +111,8 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
     log.info("SEAM done in %.0f s; summary in %s", summary["wall_seconds"], run_dir / "summary.json")
     return summary
 
+        log.info("behaviour, with 95%% bootstrap intervals:\n%s",
+                 behaviour_table({"before": before, "after": after}))
 
 def _seam_grad(fn, hp, params, batches):
     return seam_gradient(fn, params, batches, hp)

@@ -136,3 +136,29 @@ def test_finetune_score_runs(tiny_loaded, tmp_path):
     with pytest.raises(ConfigError, match="unknown FS task"):
         finetune_score(tiny_loaded, tiny_loaded.params, "mnli", tmp_path, train_rows=rows,
                        test_rows=rows, fmt="qa", seq_len=48, steps=1)
+
+
+def test_offline_utility_reports_intervals(tiny_loaded):
+    from seam_jax.data.proxy import benign_eval_items
+    from seam_jax.eval.utility import benign_ce_rows, offline_utility
+
+    m = tiny_loaded
+    items = benign_eval_items(0, 5, n_train=10)
+    pairs = [(b.prompt, b.output) for b in items]
+    out = offline_utility(m.fn, m.params, m.tokenizer, benign_pairs=pairs,
+                          mc_items=benign_mc_items_small(), fmt="qa", seq_len=48)
+    for k in ("benign_loss", "mc_acc", "mc_acc_norm"):
+        lo, hi = out[f"{k}_ci"]
+        assert lo <= out[k] <= hi, k
+    sums, counts = benign_ce_rows(m.fn, m.params, m.tokenizer, pairs, fmt="qa", seq_len=48,
+                                  batch_size=2)
+    # float32 CE sums of a few tokens each, regrouped: 1e-5 relative.
+    assert out["benign_loss"] == pytest.approx(sums.sum() / counts.sum(), rel=1e-5)
+    assert out["benign_loss"] == pytest.approx(
+        benign_loss(m.fn, m.params, m.tokenizer, pairs, fmt="qa", seq_len=48), rel=1e-5)
+
+
+def benign_mc_items_small():
+    from seam_jax.data import benign_mc_items
+
+    return benign_mc_items(0, 4, n_train=10)
