@@ -26,7 +26,7 @@ from seam_jax.attack.grid import AttackCell
 from seam_jax.attack.lora import LoraFn, add_lora, init_lora, merge_lora
 from seam_jax.data import PairBatches, harmful_pair
 from seam_jax.errors import ConfigError
-from seam_jax.jobs.common import LoadedModel
+from seam_jax.hf.source import LoadedModel
 from seam_jax.model.api import ModelFn, Params
 from seam_jax.seam.losses import token_ce_sum
 from seam_jax.seam.objective import sft_gradient
@@ -54,7 +54,7 @@ def load_checkpoint(source: str | pathlib.Path, c: Any) -> LoadedModel:
     For a run directory with only Orbax checkpoints, the architecture and tokenizer
     come from ``c.model`` (the config the run was trained with).
     """
-    from seam_jax.jobs.common import load_model
+    from seam_jax.hf.source import load_model
 
     path = pathlib.Path(source).expanduser()
     if (path / "config.json").is_file():

@@ -44,7 +44,7 @@ from seam_jax.data.schemas import (
 )
 from seam_jax.data.sources import load_hub, load_local, load_rows
 from seam_jax.data.splits import SeamSplits, build_splits, check_disjoint, drop_prompts, shuffled, split_by_prompt
-from seam_jax.data.tokenizer import build_tiny_tokenizer
+from seam_jax.data.tokenizer import build_tiny_tokenizer, load_tokenizer, tiny_tokenizer
 
 __all__ = [
     "ALPACA", "BEAVERTAILS", "HARM_CATEGORIES", "REFUSAL",
@@ -53,7 +53,7 @@ __all__ = [
     "alpaca_prompt", "benign_items", "benign_mc_items", "benign_pair", "build_splits",
     "build_tiny_tokenizer", "check_disjoint", "drop_prompts", "empty_loss_rows",
     "encode_pairs", "encode_prompts", "harmful_items", "harmful_pair", "is_unsafe",
-    "load_hub", "load_local", "load_rows", "pad_id", "prompt_text", "refusal_pair",
-    "render_pair", "shard_slice", "shuffled", "split_by_prompt", "validate_rows",
+    "load_hub", "load_local", "load_rows", "load_tokenizer", "pad_id", "prompt_text", "refusal_pair",
+    "render_pair", "shard_slice", "shuffled", "split_by_prompt", "tiny_tokenizer", "validate_rows",
     "write_proxy",
 ]

@@ -1,4 +1,4 @@
-"""A tiny byte-level BPE tokenizer trained by code, for offline debug runs and tests.
+"""Tokenizers: a model's own (``load_tokenizer``) and a tiny byte-level BPE trained by code.
 
 Real runs use the model's own tokenizer. The tiny configs and the test-suite
 need *some* tokenizer with bos/eos/pad and a chat template, and must not touch
@@ -9,10 +9,14 @@ the network, so one is trained here on whatever texts the caller supplies
 from __future__ import annotations
 
 import logging
+import pathlib
 from collections.abc import Iterable
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
+
+from seam_jax.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -99,3 +103,53 @@ def build_tiny_tokenizer(
         "trained tiny BPE tokenizer: %d tokens from %d texts", len(wrapped), len(corpus)
     )
     return wrapped
+
+
+# The files that ``AutoTokenizer`` builds a tokenizer from; a directory with none has none.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                    "tokenizer.tiktoken")
+
+
+def load_tokenizer(path: str | Any) -> Any:
+    """A model's own tokenizer from an HF directory or hub id; pad falls back to eos.
+
+    Raises:
+      ConfigError: the directory holds no loadable tokenizer (one line, with the reason).
+    """
+    from transformers import AutoTokenizer
+
+    local = pathlib.Path(str(path)).expanduser()
+    if local.is_dir() and not any((local / f).is_file() for f in _TOKENIZER_FILES):
+        # transformers would blame a missing sentencepiece for a directory with no tokenizer.
+        raise ConfigError(
+            f"{local} holds no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); pass one with "
+            f"--config.model.tokenizer=DIR_OR_HUB_ID, or save the tokenizer beside the weights")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # transformers raises OSError, ValueError, ... for a bad directory
+        raise ConfigError(f"cannot load a tokenizer from {path}: {e}") from e
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+_TINY_TOKENIZERS: dict[tuple[int, int], PreTrainedTokenizerFast] = {}
+
+
+def tiny_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerFast:
+    """``build_tiny_tokenizer`` trained on the proxy data of ``seed`` (offline, deterministic, cached).
+
+    400 harmful items (prompt, response and refusal) and 400 benign items give every
+    word of the proxy data set a few tokens; the random-weight presets use it.
+    """
+    key = (vocab_size, seed)
+    if key not in _TINY_TOKENIZERS:
+        from seam_jax.data.proxy import benign_items, harmful_items
+
+        texts = []
+        for h in harmful_items(seed, 400):
+            texts += [h.prompt, h.response, h.refusal]
+        texts += [f"{b.instruction} {b.output}" for b in benign_items(seed, 400)]
+        texts += ["Question: Answer:"]
+        _TINY_TOKENIZERS[key] = build_tiny_tokenizer(texts, vocab_size=vocab_size)
+    return _TINY_TOKENIZERS[key]

@@ -26,10 +26,10 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 
 from seam_jax.data.format import encode_prompts
-from seam_jax.eval import judges
 from seam_jax.errors import ConfigError
-from seam_jax.eval.stats import bootstrap_ci, with_ci
+from seam_jax.eval import judges
 from seam_jax.eval.refusal import is_refusal
+from seam_jax.eval.stats import bootstrap_ci, with_ci
 from seam_jax.model.api import Params
 from seam_jax.model.generate import generate
 
@@ -83,9 +83,9 @@ def make_scorers(names: str | Sequence[str], *, classifier: str = "", harmful_la
     out: list[Scorer] = []
     for n in names:
         if n == "keyword":
+            out.append(KeywordScorer())
         elif n == "judge":
             out.append(JudgeScorer(rows))
-            out.append(KeywordScorer())
         elif n == "classifier":
             from seam_jax.eval.harm_classifier import DEFAULT_CLASSIFIER, ClassifierScorer
 

@@ -66,14 +66,14 @@ class SeamJaxLM(TemplateLM):
             if pretrained is None:
                 raise ValueError("seam_jax LM needs pretrained=HF_DIR (or fn, params, tokenizer)")
             from seam_jax.hf.load import load_hf
-            from seam_jax.jobs.common import load_tokenizer
+            from seam_jax.data.tokenizer import load_tokenizer
 
             cfg, params, model_dir = load_hf(pretrained, param_dtype=dtype, dtype=dtype)
             fn = ModelFn(cfg)
             tokenizer = load_tokenizer(tokenizer or model_dir) if not hasattr(tokenizer, "encode") \
                 else tokenizer
         elif isinstance(tokenizer, str):
-            from seam_jax.jobs.common import load_tokenizer
+            from seam_jax.data.tokenizer import load_tokenizer
 
             tokenizer = load_tokenizer(tokenizer)
         if tokenizer is None or params is None:

@@ -21,7 +21,7 @@ from seam_jax.errors import ConfigError
 from seam_jax.eval.harm import harmfulness, make_scorers
 from seam_jax.eval.report import write_report
 from seam_jax.eval.utility import offline_utility
-from seam_jax.jobs.common import LoadedModel, load_model
+from seam_jax.hf.source import LoadedModel, load_model
 from seam_jax.jobs.data import ExperimentData, load_experiment_data
 from seam_jax.model.api import Params
 

@@ -16,7 +16,7 @@ import ml_collections as mlc
 
 from seam_jax.errors import ConfigError
 from seam_jax.hf.export import check_target, export_hf
-from seam_jax.jobs.common import load_model
+from seam_jax.hf.source import load_model
 
 log = logging.getLogger(__name__)
 

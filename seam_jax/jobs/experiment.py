@@ -30,7 +30,7 @@ from seam_jax.eval.pca import gradient_pca
 from seam_jax.eval.report import write_report
 from seam_jax.jobs import seam as seam_job
 from seam_jax.jobs.attack import attack_data, make_evaluator
-from seam_jax.jobs.common import LoadedModel, load_model
+from seam_jax.hf.source import LoadedModel, load_model
 from seam_jax.jobs.data import ExperimentData, load_experiment_data
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import pathlib
 
 import ml_collections as mlc
 
-from seam_jax.jobs.common import load_model
+from seam_jax.hf.source import load_model
 from seam_jax.model.generate import generate_text
 
 log = logging.getLogger(__name__)

@@ -42,7 +42,7 @@ _COUNT_FLAG = "--xla_force_host_platform_device_count"
 
 def model_config(c: mlc.ConfigDict) -> Any:
     """The ModelConfig of ``c.model.source`` with the config's runtime fields; no weights."""
-    from seam_jax.jobs.common import runtime_fields
+    from seam_jax.hf.source import runtime_fields
     from seam_jax.model.config import ModelConfig, preset
 
     source = str(c.model.source)

@@ -20,7 +20,7 @@ from seam_jax import config as config_lib
 from seam_jax.eval.behaviour import behaviour
 from seam_jax.hf.export import export_hf
 from seam_jax.eval.report import behaviour_table
-from seam_jax.jobs.common import load_model
+from seam_jax.hf.source import load_model
 from seam_jax.jobs.data import load_experiment_data, seam_batches
 from seam_jax.parallel.sharded import wants_sharding
 from seam_jax.seam.objective import SeamHyper, seam_gradient

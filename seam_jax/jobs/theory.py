@@ -23,7 +23,7 @@ import ml_collections as mlc
 import numpy as np
 
 from seam_jax.errors import ConfigError
-from seam_jax.jobs.common import load_model
+from seam_jax.hf.source import load_model
 from seam_jax.jobs.data import load_experiment_data, seam_batches
 from seam_jax.theory import bound, report
 from seam_jax.theory.precision import (

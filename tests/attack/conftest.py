@@ -3,7 +3,7 @@
 import pytest
 
 from seam_jax.data import harmful_items
-from seam_jax.jobs.common import load_model
+from seam_jax.hf.source import load_model
 
 
 def debug_config(run_dir):

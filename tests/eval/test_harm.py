@@ -46,7 +46,7 @@ def test_hs_two_ways():
 
 
 def _save_classifier(path, id2label):
-    from seam_jax.jobs.common import tiny_tokenizer
+    from seam_jax.data.tokenizer import tiny_tokenizer
 
     cfg = transformers.BertConfig(vocab_size=384, hidden_size=32, num_hidden_layers=2,
                                   num_attention_heads=2, intermediate_size=64,

@@ -19,7 +19,7 @@ from lm_eval.models.huggingface import HFLM  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from seam_jax.eval.lm_eval_adapter import SeamJaxLM  # noqa: E402
-from seam_jax.jobs.common import tiny_tokenizer  # noqa: E402
+from seam_jax.data.tokenizer import tiny_tokenizer  # noqa: E402
 
 TOL = 1e-4
 

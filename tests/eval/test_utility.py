@@ -12,7 +12,8 @@ from seam_jax.eval.loglik import continuation_logprobs
 from seam_jax.eval.utility import benign_loss, mc_accuracy
 from seam_jax.errors import ConfigError
 from seam_jax.hf.load import load_hf
-from seam_jax.jobs.common import LoadedModel, tiny_tokenizer
+from seam_jax.data.tokenizer import tiny_tokenizer
+from seam_jax.hf.source import LoadedModel
 from seam_jax.model.api import ModelFn
 from seam_jax.seam.losses import masked_ce
 
