@@ -106,13 +106,13 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
                       coherence_threshold=before.get("coherence_threshold"))
         (run_dir / "eval_after.json").write_text(json.dumps(after, indent=1))
         summary["after"] = {k: v for k, v in after.items() if k != "samples"}
+        log.info("behaviour, with 95%% bootstrap intervals:\n%s",
+                 behaviour_table({"before": before, "after": after}))
     summary["wall_seconds"] = round(time.time() - t0, 1)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     log.info("SEAM done in %.0f s; summary in %s", summary["wall_seconds"], run_dir / "summary.json")
     return summary
 
-        log.info("behaviour, with 95%% bootstrap intervals:\n%s",
-                 behaviour_table({"before": before, "after": after}))
 
 def _seam_grad(fn, hp, params, batches):
     return seam_gradient(fn, params, batches, hp)
