@@ -7,17 +7,17 @@ Importing this module registers the model name ``seam_jax``::
                             tasks=DEFAULT_TASKS)
     lm_eval.simple_evaluate(model=SeamJaxLM.from_params(fn, params, tokenizer), tasks=[...])
 
-lm-eval's stock command finds it too, through the import hook that the install adds
-(``seam_jax_lm_eval.pth``, see ``seam_jax.lm_eval_plugin``)::
+The command line is lm-eval's own, with the model registered: the ``seam-lm-eval``
+script (``python -m seam_jax.eval.lm_eval_adapter`` in a checkout), which takes every
+``lm_eval`` argument::
 
-    lm_eval --model seam_jax \\
+    seam-lm-eval --model seam_jax \\
         --model_args pretrained=runs/x/defended-hf --tasks mmlu,truthfulqa_mc2,arc_easy
 
-``python -m seam_jax.eval.lm_eval_adapter`` takes the same arguments and registers the
-model itself, for a checkout used without installing it
-(also installed as the ``seam-lm-eval`` script). Tokenization, truncation and the
-empty-context rule come from lm-eval's ``TemplateLM``, as for its HFLM, so
-log-likelihoods agree with HFLM on the same weights.
+The stock ``lm_eval`` command cannot find ``seam_jax``: lm-eval (0.4.13) looks models up
+only in its own registry, filled by its own imports, and reads no entry-point group.
+Tokenization, truncation and the empty-context rule come from lm-eval's ``TemplateLM``,
+as for its HFLM, so log-likelihoods agree with HFLM on the same weights.
 """
 
 from __future__ import annotations
