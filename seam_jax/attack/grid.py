@@ -1,6 +1,6 @@
 """Attack configurations: one cell per (samples, method, optimizer, lr), and named grids of them.
 
-``paper`` is the paper's 11 attacks (SEAM.md, "The attacks"): 1 epoch, batch 4,
+``paper`` is the paper's 11 attacks (its Figure 3): 1 epoch, batch 4,
 weight decay 0.01, cosine schedule, warmup 0.1. A config picks a grid by name,
 keeps a sub-grid (cell names or learning rates), scales the sample counts down for
 a CPU, or spells out a custom grid::

@@ -52,7 +52,7 @@ def test_seam_job_sharded_equals_single_device(tmp_path, caplog):
         harm = ev["samples"]["harmful"]
         assert len(harm) == ev["n_harmful"] == 2  # --config.eval.n_prompts=2
         assert summary[when]["harmful_refusal_rate"] == sum(is_refusal(s["response"]) for s in harm) / 2
-    # 1e-5 relative (the figure): float32 sums over sharded axes are reordered,
+    # 1e-5 relative: float32 sums over sharded axes are reordered,
     # which moves results by a few ulps (~1e-7 rel) per reduction; a wrong sharding or a
     # dropped all-reduce is off by O(1).
     assert len(rows) == len(single_rows) == 2

@@ -1,10 +1,11 @@
 """SEAM in JAX against a PyTorch reference of the original ``training_step``'s math.
 
-The reference below is written from SEAM.md and the authors' trainer: autograd on
+The reference below is written from the paper's equations and the authors' trainer: autograd on
 transformers' LlamaForCausalLM, the logit lens over HF's ``hidden_states``, the
 perturbed gradients taken on parameter copies as the original does, and the exact
-gradient of the cosine by double backward. Tolerances are the issue's:
-1e-4 relative for every quantity. The float32 finite difference is compared at
+gradient of the cosine by double backward. Tolerance 1e-4 relative for every quantity:
+both sides compute in float32 (unit round-off 6e-8) in different summation orders, which
+1e-4 leaves room for, while a wrong mask, lens term or sign moves a quantity far more. The float32 finite difference is compared at
 eps = 1e-2, because at eps = 1e-3 rounding alone moves it by ~3e-4 relative
 (reported by ``test_float32_noise_floor_at_paper_eps``, not asserted tighter).
 """
@@ -208,7 +209,7 @@ def test_full_update_at_original_defaults(both):
 def test_float32_noise_floor_at_paper_eps(both, capsys):
     """Reports (does not tighten) the eps = 1e-3 agreement of the two float32 Eq. 6's.
 
-    Asserted at 1e-2 relative: the issue measured ~3e-4, and the bound u/eps with
+    Asserted at 1e-2 relative: measured ~3e-4 when written, and the bound u/eps with
     u = 6e-8 amplified by the model's depth puts it below 1e-2 by a wide margin.
     """
     model, cfg, params, jb, ref, _ = both
