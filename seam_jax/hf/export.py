@@ -1,8 +1,9 @@
 """Export params to a directory that ``transformers.AutoModelForCausalLM`` loads.
 
-The export is written into a temporary sibling directory and renamed into place
-at the end, so a crash never leaves a half-written model; a non-empty target is
-refused unless ``overwrite=True``.
+The files are written through ``hf.files.write_model_dir``: staged in a temporary
+sibling directory and put in place at the end, so a crash never leaves a
+half-written model. A non-empty target is refused unless ``overwrite=True``, and
+even then it must be a previous export, whose files alone are replaced.
 """
 
 from __future__ import annotations
@@ -11,15 +12,13 @@ import json
 import logging
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any
 
 import jax
 import numpy as np
 from safetensors.numpy import save_file
 
-from seam_jax.hf.errors import ConversionError
+from seam_jax.hf.files import check_target, write_model_dir
 from seam_jax.hf.keymap import entries, get_path
 from seam_jax.model.api import ModelFn, Params
 from seam_jax.model.config import ModelConfig, parse_dtype
@@ -36,16 +35,6 @@ def _parse_size(size: int | str) -> int:
         if s.endswith(unit):
             return int(float(s[: -len(unit)]) * mult)
     return int(s)
-
-
-def check_target(out_dir: pathlib.Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConversionError(f"export target {out_dir} is a file, not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise ConversionError(
-            f"export target {out_dir} already holds files; choose an empty directory or pass "
-            f"overwrite=True (--config.export.overwrite=True)"
-        )
 
 
 def export_hf(
@@ -74,12 +63,9 @@ def export_hf(
                 seen.add(e.path)
                 _to_host(get_path(params, e.path))
         return out
-    check_target(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
     limit = _parse_size(max_shard_size)
     store = parse_dtype(dtype) if dtype else None
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with write_model_dir(out, overwrite=overwrite) as tmp:
         shards: list[dict[str, np.ndarray]] = [{}]
         sizes = [0]
         host_cache: dict[tuple[str, ...], np.ndarray] = {}
@@ -107,10 +93,6 @@ def export_hf(
             json.dumps({k: v for k, v in gen.items() if v is not None}, indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("exported HF checkpoint to %s", out)
     return out
 
@@ -147,12 +129,3 @@ def _flush(shards: list[dict[str, np.ndarray]], sizes: list[int], tmp: pathlib.P
     index = {"metadata": {"total_size": int(sum(sizes))}, "weight_map": weight_map}
     (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
-
-def _swap_into_place(tmp: pathlib.Path, out: pathlib.Path) -> None:
-    if out.exists():
-        backup = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(backup)
-        tmp.rename(out)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        tmp.rename(out)

@@ -9,8 +9,8 @@ The tokenizer is built from the metadata with transformers' GGUF tokenizer build
 metadata reader: ``AutoTokenizer.from_pretrained(..., gguf_file=...)`` would go through transformers'
 GGUF reader, which imports torch.
 
-The output directory is written into a temporary sibling and renamed into place, so a crash never
-leaves a half-written directory behind.
+The output directory is written through ``hf.files.write_model_dir`` (staged in a temporary
+sibling, then put in place), so a crash never leaves a half-written directory behind.
 """
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ import logging
 import os
 import pathlib
 import re
-import shutil
-import uuid
 from typing import Any, Iterator
 
 import numpy as np
 
 from seam_jax.hf.errors import ConversionError
+from seam_jax.hf.files import check_target, is_hf_dir, write_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -399,22 +398,6 @@ def _portable_tokenizer_class(path: pathlib.Path) -> None:
             path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
-def _fsync_tree(root: pathlib.Path) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    for p in root.iterdir():  # safetensors writes its file owner-only
-        if p.is_file():
-            os.chmod(p, 0o666 & ~umask)
-    for p in [*root.iterdir(), root]:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        except OSError:  # some filesystems refuse fsync on directories
-            pass
-        finally:
-            os.close(fd)
-
-
 def convert_gguf_to_hf(
     gguf_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -427,24 +410,21 @@ def convert_gguf_to_hf(
     Writes ``model.safetensors`` (float32, HF Llama names, q/k in HF rotary order),
     ``config.json``, ``generation_config.json`` and, when ``tokenizer``, the tokenizer files with
     the chat template. Raises FileNotFoundError for a missing file, ConversionError for a file that
-    is not a llama GGUF, and FileExistsError when ``out_dir`` exists and not ``overwrite``.
+    is not a llama GGUF, and FileExistsError when ``out_dir`` holds files and not ``overwrite``
+    (with it, ``out_dir`` must be a previous HF directory: ``hf.files.check_target``).
     """
     from safetensors.numpy import save_file
 
     path = pathlib.Path(gguf_path).expanduser()
     out = pathlib.Path(out_dir).expanduser().absolute()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True to replace it")
+    check_target(out, overwrite)  # before the heavy work; write_model_dir checks again
     reader = _open(path)
     meta = _metadata(reader)
     _check_llama(path, meta)
     with _naming(path):
         config = llama_config_from_gguf(meta, [t.name for t in reader.tensors])
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    with write_model_dir(out, overwrite=overwrite) as tmp:
         tensors = dict(_iter_tensors(path, reader, config))
         _check_tensors(path, tensors, config)
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": path.name})
@@ -457,29 +437,8 @@ def convert_gguf_to_hf(
                 hf_tokenizer = build_tokenizer(meta)
             hf_tokenizer.save_pretrained(str(tmp))
             _portable_tokenizer_class(tmp / "tokenizer_config.json")
-        _fsync_tree(tmp)
-        _swap_into_place(tmp, out, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("converted GGUF %s to an HF directory at %s", path, out)
     return out
-
-
-def _swap_into_place(tmp: pathlib.Path, out: pathlib.Path, overwrite: bool) -> None:
-    if not out.exists():
-        try:
-            tmp.rename(out)
-            return
-        except OSError:  # another process put a directory there meanwhile
-            if not out.exists():
-                raise
-    if not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True to replace it")
-    backup = out.with_name(f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    out.rename(backup)
-    tmp.rename(out)
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,13 +451,6 @@ def cache_dir(cache: str | os.PathLike | None = None) -> pathlib.Path:
     if cache is None:
         cache = os.environ.get("SEAM_JAX_CACHE") or pathlib.Path.home() / ".cache" / "seam_jax"
     return pathlib.Path(cache).expanduser()
-
-
-def is_hf_dir(path: pathlib.Path) -> bool:
-    """Whether ``path`` looks like a complete HF model directory (config and weights)."""
-    return (path / "config.json").is_file() and (
-        (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
-    )
 
 
 def convert_once(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, tokenizer: bool = True) -> pathlib.Path:

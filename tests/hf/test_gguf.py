@@ -291,11 +291,16 @@ def test_tokenizer_export_is_optional(tmp_path: pathlib.Path) -> None:
 def test_existing_output_needs_overwrite(tiny, tmp_path: pathlib.Path) -> None:
     path, _ = tiny
     out = convert_gguf_to_hf(path, tmp_path / "hf", tokenizer=False)
-    (out / "stale.txt").write_text("old")
     with pytest.raises(FileExistsError):
         convert_gguf_to_hf(path, out, tokenizer=False)
-    convert_gguf_to_hf(path, out, tokenizer=False, overwrite=True)
-    assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    convert_gguf_to_hf(path, out, tokenizer=False, overwrite=True)  # a previous conversion
+    assert (out / "model.safetensors").stat().st_mtime_ns >= before
+    # A file that no conversion writes: overwrite refuses the directory and leaves it as it is.
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConversionError, match=r"not a previous HF export \(it holds notes\.txt\)"):
+        convert_gguf_to_hf(path, out, tokenizer=False, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model.safetensors").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

@@ -66,9 +66,10 @@ def test_export_refuses_non_empty_target_and_leaves_no_partial(tmp_path):
         export_hf(broken, cfg, tmp_path / "new")
     assert not (tmp_path / "new").exists()
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
-    # overwrite=True replaces the directory as a whole.
-    export_hf(params, cfg, target, overwrite=True)
-    assert not (target / "keep.txt").exists() and (target / "config.json").is_file()
+    # overwrite=True replaces only a previous export: keep.txt is not one (tests/hf/test_export_target.py).
+    with pytest.raises(ConversionError, match="not a previous HF export"):
+        export_hf(params, cfg, target, overwrite=True)
+    assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
 
 
 def test_bad_checkpoints_give_one_clear_error(tmp_path):
