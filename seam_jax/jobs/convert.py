@@ -37,27 +37,17 @@ def run(c: mlc.ConfigDict) -> pathlib.Path:
 
 
 def restore_params(c: mlc.ConfigDict, like: dict) -> dict:
-    """The params of the newest readable checkpoint under ``export.source``/checkpoints."""
-    import orbax.checkpoint as ocp
-
-    from seam_jax.train.checkpoint import abstract_like
+    """The params of the newest readable checkpoint under ``export.source``/checkpoints,
+    exact or refused (``train.checkpoint.restore_params``)."""
+    from seam_jax.train.checkpoint import restore_params as restore
 
     if not c.export.source:
         raise ConfigError("job=export needs --config.export.source=RUN_DIR (a seam_jax run directory)")
     ckpt_dir = pathlib.Path(c.export.source).expanduser().resolve() / "checkpoints"
     if not ckpt_dir.is_dir():
         raise ConfigError(f"{ckpt_dir} does not exist: is export.source a seam_jax run directory?")
-    mngr = ocp.CheckpointManager(ckpt_dir)
-    steps = sorted(mngr.all_steps(), reverse=True)
-    if not steps:
-        raise ConfigError(f"{ckpt_dir} holds no finished checkpoint")
-    for step in steps:
-        try:
-            out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-                {"params": abstract_like(like)}, partial_restore=True)))
-            log.info("exporting the params of step %d from %s", step, ckpt_dir)
-            return out["state"]["params"]
-        except Exception as e:  # a damaged checkpoint: try the previous one
-            log.warning("checkpoint %d in %s cannot be read (%s); trying the previous one", step,
-                        ckpt_dir, e)
-    raise ConfigError(f"no readable checkpoint in {ckpt_dir}")
+    step, params = restore(ckpt_dir, like, hint=(
+        f"set model.source (and model.param_dtype) to what the run was trained with "
+        f"(model.source={c.model.source} gives the arrays wanted here)"))
+    log.info("exporting the params of step %d from %s", step, ckpt_dir)
+    return params
