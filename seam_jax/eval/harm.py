@@ -25,13 +25,12 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from seam_jax.data.format import encode_prompts
 from seam_jax.errors import ConfigError
 from seam_jax.eval import judges
 from seam_jax.eval.refusal import is_refusal
 from seam_jax.eval.stats import bootstrap_ci, with_ci
 from seam_jax.model.api import Params
-from seam_jax.model.generate import generate
+from seam_jax.model.generate import generate_text
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +110,8 @@ def hs(probs: Sequence[float]) -> dict[str, Any]:
 def generate_responses(fn: Any, params: Params, tok: Any, prompts: Sequence[str], *, fmt: str,
                        max_new_tokens: int = 50, batch_size: int = 16) -> list[str]:
     """Greedy continuations of ``prompts`` in the training format, decoded without specials."""
-    ids = encode_prompts(tok, list(prompts), fmt)
-    eos = fn.config.eos_token_id if fn.config.eos_token_id is not None else tok.eos_token_id
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    out = generate(fn, params, ids, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                   pad_token_id=pad, batch_size=batch_size)
-    return [tok.decode(t, skip_special_tokens=True) for t in out]
+    return generate_text(fn, params, tok, prompts, fmt=fmt, max_new_tokens=max_new_tokens,
+                         batch_size=batch_size)
 
 
 def harmfulness(fn: Any, params: Params, tok: Any, prompts: Sequence[str],

@@ -1,4 +1,4 @@
-"""A short generation demo: answer ``generate.prompts`` with the chat template."""
+"""A short generation demo: answer ``generate.prompts``, encoded in ``data.format`` (as in training)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def run(c: mlc.ConfigDict) -> list[str]:
     m = load_model(c)
     g = c.generate
     prompts = list(g.prompts)
-    texts = generate_text(m.fn, m.params, m.tokenizer, prompts, chat=c.data.format == "chat",
+    texts = generate_text(m.fn, m.params, m.tokenizer, prompts, fmt=c.data.format,
                           max_new_tokens=g.max_new_tokens, temperature=g.temperature,
                           top_p=g.top_p, batch_size=g.batch_size, seed=c.seed)
     run_dir = pathlib.Path(c.run_dir).expanduser()

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seam_jax.data.format import Format, encode_prompts
 from seam_jax.model.api import ModelFn, Params
 from seam_jax.model.config import parse_dtype
 from seam_jax.model.transformer import KVCache
@@ -138,31 +139,32 @@ def generate(
     return results
 
 
-def chat_prompts(tokenizer: Any, messages: Sequence[str], *, chat: bool = True,
-                 system: str | None = None) -> list[list[int]]:
-    """Token ids for user messages: through the chat template, or as plain text."""
-    out = []
-    for m in messages:
-        if chat and getattr(tokenizer, "chat_template", None):
-            conv = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": m}]
-            ids = tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=True)
-            if isinstance(ids, dict) or hasattr(ids, "keys"):
-                ids = ids["input_ids"]
-            out.append(list(ids))
-        else:
-            out.append(tokenizer(m)["input_ids"])
-    return out
+def stop_and_pad_ids(config_eos: int | Sequence[int] | None, tokenizer: Any) -> tuple[list[int], int]:
+    """The one eos/pad rule of decoding: (the ids that end a continuation, the pad id).
+
+    A continuation ends at the model config's ``eos_token_id`` (one id or several, as
+    in Llama 3's config), else at the tokenizer's eos, else only at ``max_new_tokens``.
+    Left padding uses the tokenizer's pad token, else the first end id, else 0: padded
+    positions are masked out of attention and cut from the result, so the id never
+    changes a continuation.
+    """
+    eos = config_eos if config_eos is not None else tokenizer.eos_token_id
+    stops = [] if eos is None else [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = stops[0] if stops else 0
+    return stops, int(pad)
 
 
-def generate_text(fn: ModelFn, params: Params, tokenizer: Any, messages: Sequence[str], *,
-                  chat: bool = True, **kw: Any) -> list[str]:
-    """Decode continuations of user messages to strings (special tokens dropped)."""
-    eos = kw.pop("eos_token_id", None)
-    if eos is None:
-        eos = fn.config.eos_token_id if fn.config.eos_token_id is not None else tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
-        eos if isinstance(eos, int) else eos[0])
-    toks = generate(fn, params, chat_prompts(tokenizer, messages, chat=chat),
+def generate_text(fn: ModelFn, params: Params, tokenizer: Any, prompts: Sequence[str], *,
+                  fmt: Format = "chat", **kw: Any) -> list[str]:
+    """Continuations of text prompts, decoded to strings (special tokens dropped).
+
+    The prompts are encoded as in training (``data.format.encode_prompts``: the
+    Question/Answer text for ``"qa"``, the chat template's generation prompt for
+    ``"chat"``); eos and pad follow ``stop_and_pad_ids``. ``kw`` goes to ``generate``.
+    """
+    eos, pad = stop_and_pad_ids(fn.config.eos_token_id, tokenizer)
+    toks = generate(fn, params, encode_prompts(tokenizer, list(prompts), fmt),
                     eos_token_id=eos, pad_token_id=pad, **kw)
     return [tokenizer.decode(t, skip_special_tokens=True) for t in toks]

@@ -7,7 +7,7 @@ import torch
 import hf_models
 from seam_jax.hf.load import load_hf
 from seam_jax.model.api import ModelFn
-from seam_jax.model.generate import generate, left_pad
+from seam_jax.model.generate import generate, left_pad, stop_and_pad_ids
 
 NEW = 24
 
@@ -47,3 +47,44 @@ def test_eos_stops_a_row_and_sampling_is_seeded(tmp_path):
     assert generate(fn, params, prompts, max_new_tokens=12, temperature=1.0, top_p=1e-6) == greedy
     with pytest.raises(ValueError, match="top_p"):
         generate(fn, params, prompts, top_p=0.0)
+
+
+class _Tok:
+    def __init__(self, eos, pad):
+        self.eos_token_id, self.pad_token_id = eos, pad
+
+
+def test_one_eos_and_pad_rule():
+    # The model config's eos wins (Llama 3 lists several), else the tokenizer's; pad is the
+    # tokenizer's pad, else the first eos, else 0.
+    assert stop_and_pad_ids(None, _Tok(2, None)) == ([2], 2)
+    assert stop_and_pad_ids([7, 9], _Tok(2, None)) == ([7, 9], 7)
+    assert stop_and_pad_ids(5, _Tok(2, 0)) == ([5], 0)
+    assert stop_and_pad_ids(None, _Tok(None, None)) == ([], 0)
+
+
+def test_text_prompts_are_encoded_as_in_training(monkeypatch):
+    """generate_text (and harm's generate_responses, which is it) decodes from the prompts of
+    data.format.encode_prompts, with the eos and pad of stop_and_pad_ids."""
+    import seam_jax.model.generate as gen
+    from seam_jax.data.format import encode_prompts
+    from seam_jax.data.tokenizer import build_tiny_tokenizer
+    from seam_jax.eval.harm import generate_responses
+
+    tok = build_tiny_tokenizer(["Question: where is the key?\nAnswer: no."] * 4, vocab_size=300)
+    seen = []
+
+    def fake_generate(fn, params, prompts, **kw):
+        seen.append((prompts, kw["eos_token_id"], kw["pad_token_id"], kw["max_new_tokens"]))
+        return [p[-2:] for p in prompts]
+
+    monkeypatch.setattr(gen, "generate", fake_generate)
+    fn = type("Fn", (), {"config": type("C", (), {"eos_token_id": 11})()})()
+    prompts = ["where is the key?", "and the door"]
+    for fmt in ("qa", "chat"):
+        seen.clear()
+        out = generate_responses(fn, None, tok, prompts, fmt=fmt, max_new_tokens=3)
+        want = encode_prompts(tok, prompts, fmt)
+        assert seen == [(want, [11], tok.pad_token_id, 3)]
+        assert out == [tok.decode(p[-2:], skip_special_tokens=True) for p in want]
+        assert gen.generate_text(fn, None, tok, prompts, fmt=fmt, max_new_tokens=3) == out
