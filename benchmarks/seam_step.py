@@ -10,7 +10,7 @@ Cases, each in its own process with the same thread count (default 2):
   exact_hvp (seam_jax);
 - ``torch_original``: the original ``SeamTrainer.training_step`` algorithm on
   transformers' LlamaForCausalLM (sdpa attention) followed by ``torch.optim.AdamW``.
-  See ``ORIGINAL_REFERENCE`` below for what it does and why it is fair.
+  It is ``benchmarks/torch_original.py``; see ``ORIGINAL_REFERENCE`` below.
 - ``torch_sft``: one AdamW step of plain fine-tuning in PyTorch, for scale.
 
 Reported: median of ``--repeats`` timed runs after a warm-up, peak resident memory of
@@ -39,21 +39,14 @@ from benchmarks.flops import seam_floor, step_flops
 from benchmarks.harness import peak_rss_mb, print_table, rss_mb, run_case, timed
 
 ORIGINAL_REFERENCE = """
-The PyTorch reference follows the original training_step pass for pass:
-1. L_ul on the harmful batch with output_hidden_states, the logit lens over every
-   hidden state (lm_head(norm(h))) plus the final logits, -log((sum)/(L+1) + 1);
-   backward; gradients copied out.
-2. L_up (refusal CE) forward/backward; copied out; total = g_ul + alpha g_up.
-3. g_a: the harmful batch forward/backward again (the original's second forward at theta).
-4. g_b: the benign batch forward/backward.
-5. |g_a|, |g_b|, c over all parameters.
-6. Parameters moved in place by eps*(g_b/|g_b| - c g_a/|g_a|) (a saved copy kept), harmful
-   forward/backward, parameters restored; the same for the benign side.
-7. total += beta/eps ((g_a' - g_a)/|g_a| + (g_b' - g_b)/|g_b|); AdamW step.
+The PyTorch reference is benchmarks/torch_original.py, the one the parity test checks
+seam_jax against: the original training_step pass for pass (L_ul through the logit lens,
+L_up, g_a, g_b, their cosine, the two perturbed gradients on parameters moved in place
+and restored), then an AdamW step.
 Fair to PyTorch: same thread count as JAX, sdpa attention, float32, no hooks or
-synchronisation; the masked CE uses F.cross_entropy with ignore_index (cheaper than the
-original's multiplication of the [B, T, V] logits by a mask), and gradient copies stay
-on the same device (the original moves them to two extra GPUs).
+synchronisation; the masked CE multiplies the per-token CE [B, T] by the mask (the
+original multiplies the [B, T, V] logits), and gradient copies stay on the same device
+(the original moves them to two extra GPUs).
 """
 
 SIZES = {"tiny": dict(preset="debug", unrolled=True), "smollm2": dict(preset=None, unrolled=False)}
@@ -180,74 +173,19 @@ def _t(batch: dict):
 
 def case_torch(a: dict) -> dict:
     import torch
-    import torch.nn.functional as F
+
+    from benchmarks import torch_original as reference
 
     model = _torch_model(a)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
     b = {k: _t(v) for k, v in _batches(model.config.vocab_size, a["batch"], a["seq"]).items()}
-    alpha, beta, eps = 1.0, 0.01, 1e-3
-
-    def ce(logits, batch):
-        labels = batch["input_ids"][:, 1:].masked_fill(batch["loss_mask"][:, 1:] == 0, -100)
-        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                               ignore_index=-100)
-
-    def loss(batch):
-        return ce(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch)
-
-    def grads_of(fn):
-        model.zero_grad(set_to_none=True)
-        value = fn()
-        value.backward()
-        out = [p.grad.detach().clone() for p in params]
-        model.zero_grad(set_to_none=True)
-        return value.detach(), out
-
-    def l_ul():
-        adv = b["adv"]
-        out = model(input_ids=adv["input_ids"], attention_mask=adv["attention_mask"], output_hidden_states=True)
-        total = ce(out.logits, adv)
-        head, norm = model.get_output_embeddings(), model.model.norm
-        for h in out.hidden_states:
-            total = total + ce(head(norm(h)), adv)
-        return -torch.log(total / len(out.hidden_states) + 1)
-
-    def norm(gs):
-        return torch.sqrt(sum((g * g).sum() for g in gs))
-
-    def perturbed(d_from, d_against, n_from, n_against, c, batch):
-        saved = [p.detach().clone() for p in params]
-        with torch.no_grad():
-            for p, gf, ga in zip(params, d_from, d_against):
-                p.add_(gf / n_from - c * ga / n_against, alpha=eps)
-        _, g = grads_of(lambda: loss(batch))
-        with torch.no_grad():
-            for p, s in zip(params, saved):
-                p.copy_(s)
-        return g
 
     def seam_step():
-        _, g_ul = grads_of(l_ul)
-        _, g_up = grads_of(lambda: loss(b["aln"]))
-        total = [x + alpha * y for x, y in zip(g_ul, g_up)]
-        del g_ul, g_up
-        _, g_a = grads_of(lambda: loss(b["adv"]))
-        _, g_b = grads_of(lambda: loss(b["bgn"]))
-        na, nb = norm(g_a), norm(g_b)
-        c = sum((x * y).sum() for x, y in zip(g_a, g_b)) / (na * nb + 1e-8)
-        g_ap = perturbed(g_b, g_a, nb, na, c, b["adv"])
-        g_bp = perturbed(g_a, g_b, na, nb, c, b["bgn"])
-        for t, x, xp, y, yp in zip(total, g_a, g_ap, g_b, g_bp):
-            t += beta / eps * ((xp - x) / na + (yp - y) / nb)
-        for p, t in zip(params, total):
-            p.grad = t
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        reference.seam_step(model, opt, b, alpha=1.0, beta=0.01, eps=1e-3, variant="original")
 
     def sft_step():
         opt.zero_grad(set_to_none=True)
-        loss(b["train"]).backward()
+        reference.sft_loss(model, b["train"]).backward()
         opt.step()
 
     kind = a["kind"]

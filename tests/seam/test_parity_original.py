@@ -1,8 +1,9 @@
 """SEAM in JAX against a PyTorch reference of the original ``training_step``'s math.
 
-The reference below is written from the paper's equations and the authors' trainer: autograd on
-transformers' LlamaForCausalLM, the logit lens over HF's ``hidden_states``, the
-perturbed gradients taken on parameter copies as the original does, and the exact
+The reference (``benchmarks/torch_original.py``, which the benchmark runs too) is written
+from the paper's equations and the authors' trainer: autograd on transformers'
+LlamaForCausalLM, the logit lens over HF's ``hidden_states``, the perturbed gradients
+taken on the parameters moved in place as the original does; here also the exact
 gradient of the cosine by double backward. Tolerance 1e-4 relative for every quantity:
 both sides compute in float32 (unit round-off 6e-8) in different summation orders, which
 1e-4 leaves room for, while a wrong mask, lens term or sign moves a quantity far more. The float32 finite difference is compared at
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 import hf_models
+from benchmarks import torch_original as reference
 from seam_jax.hf.keymap import entries
 from seam_jax.hf.load import load_hf
 from seam_jax.model.api import ModelFn
@@ -26,85 +28,27 @@ import jax
 
 
 # ------------------------------------------------------------------ torch reference
-def t_ce(logits, ids, loss_mask):
-    lg = logits[:, :-1].float()
-    tgt = ids[:, 1:]
-    m = loss_mask[:, 1:].float()
-    ce = torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), tgt.reshape(-1),
-                                           reduction="none").reshape(tgt.shape)
-    return (ce * m).sum() / m.sum().clamp(min=1)
-
-
-def t_loss(model, b):
-    return t_ce(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
-                b["input_ids"], b["loss_mask"])
-
-
-def t_ul(model, b, variant):
-    out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True)
-    lens = lambda h: model.lm_head(model.model.norm(h))
-    hs = out.hidden_states  # h_0..h_{L-1}, then norm(h_L)
-    if variant == "intent":
-        ces = [t_ce(lens(h), b["input_ids"], b["loss_mask"]) for h in hs[:-1]]
-        ces.append(t_ce(out.logits, b["input_ids"], b["loss_mask"]))
-        return -torch.log1p(sum(ces) / len(ces))
-    total = t_ce(out.logits, b["input_ids"], b["loss_mask"])
-    for h in hs:
-        total = total + t_ce(lens(h), b["input_ids"], b["loss_mask"])
-    return -torch.log(total / len(hs) + 1)
-
-
-def t_grad(model, loss_fn, create_graph=False):
-    params = list(model.parameters())
-    return torch.autograd.grad(loss_fn(), params, create_graph=create_graph)
-
-
 def flat(gs):
     return torch.cat([g.reshape(-1) for g in gs])
 
 
 def t_reference(model, batches, alpha, beta, eps, variant="intent"):
-    adv, aln, bgn = batches["adv"], batches["aln"], batches["bgn"]
-    out = {}
-    out["L_ul"] = t_ul(model, adv, variant).item()
-    g_ul = flat(t_grad(model, lambda: t_ul(model, adv, variant)))
-    out["L_up"] = t_loss(model, aln).item()
-    g_up = flat(t_grad(model, lambda: t_loss(model, aln)))
-    g_a = flat(t_grad(model, lambda: t_loss(model, adv)))
-    g_b = flat(t_grad(model, lambda: t_loss(model, bgn)))
-    na, nb = g_a.norm(), g_b.norm()
-    c = (g_a @ g_b) / (na * nb)
-    out.update(g_ul=g_ul, g_up=g_up, g_a=g_a, g_b=g_b, norm_a=na.item(), norm_b=nb.item(), c=c.item())
-    d_a = g_b / nb - c * g_a / na
-    d_b = g_a / na - c * g_b / nb
-
-    def perturbed(d, e, b):
-        # The original adds eps*d to the parameters in place, takes the gradient, restores.
-        params = list(model.parameters())
-        saved = [p.detach().clone() for p in params]
-        with torch.no_grad():
-            off = 0
-            for p in params:
-                p.add_(e * d[off:off + p.numel()].view_as(p))
-                off += p.numel()
-        g = flat(t_grad(model, lambda: t_loss(model, b)))
-        with torch.no_grad():
-            for p, s in zip(params, saved):
-                p.copy_(s)
-        return g
-
-    def eq6(e):
-        return ((perturbed(d_a, e, adv) - g_a) / (e * na) + (perturbed(d_b, e, bgn) - g_b) / (e * nb))
-
-    out["hf_1e-2"] = eq6(1e-2)
-    out["hf_eps"] = eq6(eps)
-    # Exact gradient of the cosine by double backward.
-    ga = t_grad(model, lambda: t_loss(model, adv), create_graph=True)
-    gb = t_grad(model, lambda: t_loss(model, bgn), create_graph=True)
-    fa, fb = flat(ga), flat(gb)
+    """The original step's quantities (``benchmarks.torch_original``), as flat vectors,
+    plus Eq. 6 at eps = 1e-2 and the exact gradient of the cosine by double backward."""
+    adv, bgn = batches["adv"], batches["bgn"]
+    parts = {}
+    update = reference.seam_update(model, batches, alpha=alpha, beta=beta, eps=eps,
+                                   variant=variant, parts=parts)
+    out = {k: flat(parts[k]) for k in ("g_ul", "g_up", "g_a", "g_b")}
+    out.update(L_ul=parts["L_ul"].item(), L_up=parts["L_up"].item(), norm_a=parts["n_a"].item(),
+               norm_b=parts["n_b"].item(), c=parts["c"].item(), hf_eps=flat(parts["g_sd"]),
+               update=flat(update))
+    out["hf_1e-2"] = flat(reference.hessian_free_sd(model, parts["g_a"], parts["g_b"], parts["n_a"],
+                                                    parts["n_b"], parts["c"], 1e-2, adv, bgn))
+    fa = flat(reference.grads(model, lambda: reference.sft_loss(model, adv), create_graph=True))
+    fb = flat(reference.grads(model, lambda: reference.sft_loss(model, bgn), create_graph=True))
     cos = (fa @ fb) / (fa.norm() * fb.norm())
     out["exact"] = flat(torch.autograd.grad(cos, list(model.parameters())))
-    out["update"] = g_ul + alpha * g_up + beta * out["hf_eps"]
     return out
 
 
@@ -179,7 +123,7 @@ def test_losses_gradients_and_cosine_match(both):
 def test_original_ul_variant_matches(both):
     model, cfg, params, jb, _, tb = both
     fn = ModelFn(cfg)
-    want = t_ul(model, tb["adv"], "original").item()
+    want = reference.ul_loss(model, tb["adv"], "original").item()
     got = float(unlearning_and_attack_losses(fn, params, jb["adv"], variant="original")[0])
     assert abs(got - want) <= 1e-4 * abs(want)
 
