@@ -18,6 +18,9 @@ the command skips finished cells), report.md and hs_utility_vs_lr.png beside it.
 """
 
 from seam_jax.config import base_config
+from seam_jax.errors import ConfigError
+
+VARIANTS = ("debug",)
 
 
 def get_config(arg: str | None = None):
@@ -42,5 +45,6 @@ def get_config(arg: str | None = None):
         c.utility.n_benign, c.utility.n_mc = 8, 8
         c.progress = False
     elif arg:
-        raise ValueError(f"configs/attack.py takes no argument or 'debug', not {arg!r}")
+        raise ConfigError(f"configs/attack.py:{arg}: unknown variant; the variants are "
+                          f"{', '.join(VARIANTS)} (or none: configs/attack.py)")
     return c

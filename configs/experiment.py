@@ -20,6 +20,9 @@ weights from the hub: switch them on with --config.utility.lm_eval_tasks=... and
 """
 
 from seam_jax.config import base_config
+from seam_jax.errors import ConfigError
+
+VARIANTS = ("debug",)
 
 
 def get_config(arg: str | None = None):
@@ -60,5 +63,6 @@ def get_config(arg: str | None = None):
         c.utility.pca_batches = 3
         c.progress = False
     elif arg:
-        raise ValueError(f"configs/experiment.py takes no argument or 'debug', not {arg!r}")
+        raise ConfigError(f"configs/experiment.py:{arg}: unknown variant; the variants are "
+                          f"{', '.join(VARIANTS)} (or none: configs/experiment.py)")
     return c

@@ -14,10 +14,15 @@ on a 2-core CPU takes several minutes.
 """
 
 from seam_jax.config import base_config
+from seam_jax.errors import ConfigError
+from seam_jax.model.config import PRESETS
 
 
 def get_config(arg: str | None = None):
     name = arg or "llama2-7b"
+    if name not in PRESETS:
+        raise ConfigError(f"configs/plan.py:{name}: unknown variant; the variants are the model "
+                          f"presets {sorted(PRESETS)}")
     c = base_config()
     c.job = "plan"
     c.run_dir = f"runs/plan-{name}"

@@ -111,8 +111,11 @@ def base_config() -> mlc.ConfigDict:
     # Multi-host start-up (parallel/mesh.py): mode auto (when the environment is a
     # multi-process job: SLURM, TPU pod, JAX_COORDINATOR_ADDRESS), on (always; JAX detects
     # the cluster), off; or an explicit coordinator "host:port" with the process count/id.
+    # init_timeout: seconds to wait for the coordinator and the other processes before
+    # failing with one line (JAX's own default is 300).
     c.distributed = mlc.ConfigDict(dict(
         mode="auto", coordinator_address="", num_processes=0, process_id=-1, local_device_ids="",
+        init_timeout=60,
     ))
     # Job "plan" (parallel/plan.py): compile the step ahead of time for num_devices devices
     # (faked on a CPU if needed) and check per-device memory against device_memory_gb (GiB)
@@ -133,6 +136,8 @@ def finalize(c: mlc.ConfigDict) -> mlc.ConfigDict:
 
 
 def validate(c: mlc.ConfigDict) -> None:
+    """Check every value a job reads before anything heavy runs (the model loads, a step
+    compiles): ConfigError with one line naming the field and the fix."""
     if c.job not in JOBS:
         raise ConfigError(f"job={c.job!r}; choose one of {JOBS}")
     if c.steps < 1:
@@ -141,6 +146,69 @@ def validate(c: mlc.ConfigDict) -> None:
         raise ConfigError("data.batch_size must be >= 1 and data.context_length >= 8")
     if str(c.mesh.use) not in ("auto", "on", "off"):
         raise ConfigError(f"mesh.use={c.mesh.use!r}; choose auto, on or off")
+    _at_least(c, "checkpoint.every", 1, "save a checkpoint every N >= 1 steps")
+    _at_least(c, "checkpoint.keep", 1, "keep at least the newest checkpoint")
+    _at_least(c, "optim.grad_accum", 1, "accumulate over N >= 1 micro-batches (1: none)")
+    _positive(c, "optim.lr", "a learning rate <= 0 does not descend (a negative one ascends)")
+    if not 0.0 <= float(c.optim.warmup_ratio) <= 1.0:
+        raise ConfigError(f"optim.warmup_ratio={c.optim.warmup_ratio}; give a fraction in [0, 1]")
+    if c.optim.name not in ("adamw", "sgd"):
+        raise ConfigError(f"optim.name={c.optim.name!r}; choose adamw or sgd")
+    if c.optim.schedule not in ("cosine", "constant"):
+        raise ConfigError(f"optim.schedule={c.optim.schedule!r}; choose cosine or constant")
+    if c.job == "seam" and c.eval.enabled:
+        _at_least(c, "eval.n_prompts", 1, "measure on at least one prompt, or set "
+                  "--config.eval.enabled=False")
+    if c.job in ("attack", "experiment"):
+        _at_least(c, "harm.n_prompts", 1, "score at least one prompt")
+        _positive(c, "attack.epochs", "train each attack for a positive number of epochs")
+    _positive(c, "distributed.init_timeout",
+              "wait a positive number of seconds for the other processes")
+    _validate_export(c)
+
+
+def _field(c: mlc.ConfigDict, name: str) -> Any:
+    section, key = name.split(".")
+    return c[section][key]
+
+
+def _at_least(c: mlc.ConfigDict, name: str, low: int, fix: str) -> None:
+    value = _field(c, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name}={value!r}; {fix} (--config.{name}={low} or more)")
+
+
+def _positive(c: mlc.ConfigDict, name: str, fix: str) -> None:
+    value = _field(c, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{name}={value!r}; {fix}: give a value > 0")
+
+
+def _validate_export(c: mlc.ConfigDict) -> None:
+    """``export.*``, checked at the start, not after training: the dtype and shard size
+    parse, and an explicit target directory is usable (``hf.export.check_target``). The
+    convert jobs check first thing that they have a target and a source."""
+    from seam_jax.model.config import DTYPES
+
+    e = c.export
+    if e.dtype and e.dtype not in DTYPES:
+        raise ConfigError(f"export.dtype={e.dtype!r}; choose one of {sorted(DTYPES)} or '' "
+                          f"(the params' dtype)")
+    from seam_jax.hf.export import _parse_size
+
+    try:
+        size = _parse_size(e.max_shard_size)
+    except (ValueError, AttributeError):
+        size = 0
+    if size <= 0:
+        raise ConfigError(f"export.max_shard_size={e.max_shard_size!r}; give a size such as "
+                          f"'2GB', '500MB' or a number of bytes")
+    if e.dir and c.job in ("seam", "convert", "export"):
+        import pathlib
+
+        from seam_jax.hf.export import check_target
+
+        check_target(pathlib.Path(e.dir).expanduser().resolve(), bool(e.overwrite))
 
 
 def lens_layers(c: mlc.ConfigDict) -> tuple[int, ...] | None:

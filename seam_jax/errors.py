@@ -1,5 +1,11 @@
 """The project's error types: each says what is wrong and how to fix it."""
 
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
 
 class SeamError(Exception):
     """Base class for errors that the command line reports without a traceback."""
@@ -7,3 +13,20 @@ class SeamError(Exception):
 
 class ConfigError(SeamError, ValueError):
     """A config value or a model config.json that seam_jax cannot use."""
+
+
+class DistributedError(SeamError, RuntimeError):
+    """Multi-process start-up that failed: the message names the coordinator's address."""
+
+
+class CorruptFileError(SeamError, ValueError):
+    """A file that exists but cannot be parsed: the message names it and the fix."""
+
+
+def read_json(path: str | os.PathLike, fix: str = "delete it to recompute it, or restore it") -> Any:
+    """The parsed JSON of ``path``; a CorruptFileError naming the file if it does not parse."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptFileError(f"{path} is not valid JSON ({e}); {fix}") from None
