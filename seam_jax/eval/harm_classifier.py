@@ -45,6 +45,11 @@ class ClassifierScorer:
                               f"install torch or use the keyword scorer (harm.scorers='keyword')"
                               ) from None
         local = pathlib.Path(model).expanduser()
+        hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
+        if not local.is_dir() and not hub_id:  # a path, not a hub id: do not ask the hub
+            raise ConfigError(f"harm classifier directory {local} does not exist; give an HF "
+                              f"sequence-classifier directory or a hub id (owner/name) in "
+                              f"harm.classifier, or use the keyword scorer")
         if not local.is_dir() and not allow_hub:
             raise ConfigError(f"harm classifier {model!r} is not a local directory and the hub is "
                               f"disabled; download it first or use the keyword scorer")

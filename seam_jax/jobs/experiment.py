@@ -22,6 +22,7 @@ from typing import Any
 
 import ml_collections as mlc
 
+from seam_jax.errors import read_json
 from seam_jax.attack import grid as grid_lib
 from seam_jax.attack.runner import load_checkpoint, sweep
 from seam_jax.data import PairBatches, benign_pair, harmful_pair
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 def _cached(path: pathlib.Path, compute: Any) -> Any:
     if path.is_file():
-        return json.loads(path.read_text())
+        return read_json(path)  # a corrupt one is named, not a bare JSONDecodeError
     value = compute()
     path.write_text(json.dumps(value, indent=1))
     return value

@@ -144,19 +144,20 @@ def test_offline_utility_reports_intervals(tiny_loaded):
     from seam_jax.eval.utility import benign_ce_rows, offline_utility
 
     m = tiny_loaded
+    params = m.fn.init(0)  # its own copy: a fine-tuning test may have donated m.params
     items = benign_eval_items(0, 5, n_train=10)
     pairs = [(b.prompt, b.output) for b in items]
-    out = offline_utility(m.fn, m.params, m.tokenizer, benign_pairs=pairs,
+    out = offline_utility(m.fn, params, m.tokenizer, benign_pairs=pairs,
                           mc_items=benign_mc_items_small(), fmt="qa", seq_len=48)
     for k in ("benign_loss", "mc_acc", "mc_acc_norm"):
         lo, hi = out[f"{k}_ci"]
         assert lo <= out[k] <= hi, k
-    sums, counts = benign_ce_rows(m.fn, m.params, m.tokenizer, pairs, fmt="qa", seq_len=48,
+    sums, counts = benign_ce_rows(m.fn, params, m.tokenizer, pairs, fmt="qa", seq_len=48,
                                   batch_size=2)
     # float32 CE sums of a few tokens each, regrouped: 1e-5 relative.
     assert out["benign_loss"] == pytest.approx(sums.sum() / counts.sum(), rel=1e-5)
     assert out["benign_loss"] == pytest.approx(
-        benign_loss(m.fn, m.params, m.tokenizer, pairs, fmt="qa", seq_len=48), rel=1e-5)
+        benign_loss(m.fn, params, m.tokenizer, pairs, fmt="qa", seq_len=48), rel=1e-5)
 
 
 def benign_mc_items_small():
