@@ -7,8 +7,9 @@ The adapters are stacked over layers like every decoder parameter ([L, in, r]).
 
 ``LoraFn`` is a drop-in for ``ModelFn`` whose params tree holds the base weights and
 ``lora_a``/``lora_b`` beside each target's ``kernel``. Training differentiates only the
-adapter leaves (``split_lora``); ``merge_lora`` folds them into the kernels, giving
-plain params for ``ModelFn`` (generation, export).
+adapter leaves (``lora_objective``: the SFT objective over the adapters, the base
+closed over); ``merge_lora`` folds them into the kernels, giving plain params for
+``ModelFn`` (generation, export).
 
 Dropout: one key per call (``dropout_key``), folded with the target's name. Layers
 are run by ``jax.lax.scan`` with one traced body, so every layer of one target
@@ -32,6 +33,7 @@ from seam_jax.model.api import Params, config_key
 from seam_jax.model.config import ModelConfig
 from seam_jax.model.layers import Linear
 from seam_jax.model.transformer import Output, Transformer
+from seam_jax.train.step import Objective, sft_objective
 
 # Short names (PEFT's target_modules without ``_proj``) -> (block, attribute) in the decoder layer.
 TARGETS: dict[str, tuple[str, str]] = {
@@ -226,9 +228,30 @@ def merge_lora(base: Params, lora: Params, lcfg: LoraConfig) -> Params:
     return merged
 
 
+def lora_objective(lfn: LoraFn, base: Params, seed: int) -> Objective:
+    """The SFT objective (``train.step.sft_objective``, the masked CE of ``batches["train"]``)
+    as a function of the adapters alone.
+
+    The base weights are a closed-over constant: only the adapters get gradients and
+    optimizer state, so weight decay cannot touch the base. The dropout key is
+    ``fold_in(key(seed), batches["seed"])`` (``SftSource(..., step_seed=True)`` passes
+    the step), a new mask per step.
+    """
+
+    def gradient(lora: Params, batches: dict) -> tuple[Params, dict]:
+        key = jax.random.fold_in(jax.random.key(seed), batches["seed"])
+
+        def apply(adapters: Params, input_ids: jax.Array, attention_mask: jax.Array) -> Output:
+            return lfn(add_lora(base, adapters), input_ids, attention_mask, dropout_key=key)
+
+        return sft_objective(apply).gradient(lora, batches)
+
+    return Objective(gradient, sft_objective(lfn).target_keys)
+
+
 def count_lora_params(lora: Params) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(lora))
 
 
 __all__ = ["LoraConfig", "LoraFn", "LoraLinear", "TARGETS", "add_lora", "count_lora_params",
-           "init_lora", "merge_lora", "split_lora"]
+           "init_lora", "lora_objective", "merge_lora", "split_lora"]

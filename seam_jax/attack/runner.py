@@ -11,28 +11,24 @@ JSON line per finished (model, cell) to ``results.jsonl`` and skips those on res
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import pathlib
 import shutil
 from typing import Any, Callable, Mapping, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from seam_jax.attack.grid import AttackCell
-from seam_jax.attack.lora import LoraFn, add_lora, init_lora, merge_lora
+from seam_jax.attack.lora import LoraFn, init_lora, lora_objective, merge_lora
 from seam_jax.data import PairBatches, harmful_pair
 from seam_jax.errors import ConfigError
 from seam_jax.hf.source import LoadedModel
-from seam_jax.model.api import ModelFn, Params
-from seam_jax.seam.losses import token_ce_sum
-from seam_jax.seam.objective import sft_gradient
+from seam_jax.model.api import Params
 from seam_jax.train.checkpoint import CheckpointConfig
 from seam_jax.train.loop import LoopConfig, run as run_loop
 from seam_jax.train.optim import OptimConfig
+from seam_jax.train.step import SftSource, build_step, optimizer_for, sft_objective
 
 log = logging.getLogger(__name__)
 
@@ -89,37 +85,6 @@ def cell_rows(rows: Sequence[Mapping[str, Any]], cell: AttackCell) -> list[Mappi
     return list(rows[: cell.n_samples])
 
 
-class _Keyed:
-    """Feeds a PairBatches stream as ``{"train": batch, "seed": step}`` (the seed drives dropout)."""
-
-    def __init__(self, batches: PairBatches) -> None:
-        self.batches = batches
-
-    def batch_at(self, step: int) -> dict[str, Any]:
-        return {"train": self.batches.batch_at(step), "seed": np.asarray(step, np.uint32)}
-
-
-def _full_grad(fn: ModelFn, params: Params, batches: dict) -> tuple[Params, dict]:
-    return sft_gradient(fn, params, batches, key="train")
-
-
-def _lora_grad(lfn: LoraFn, base: Params, seed: int, lora: Params, batches: dict
-               ) -> tuple[Params, dict]:
-    # The base weights are a closed-over constant: only the adapters get gradients and
-    # optimizer state, so weight decay cannot touch the base.
-    key = jax.random.fold_in(jax.random.key(seed), batches["seed"])
-
-    def loss(l: Params) -> jax.Array:
-        out = lfn(add_lora(base, l), batches["train"]["input_ids"],
-                  batches["train"]["attention_mask"], dropout_key=key)
-        total, count = token_ce_sum(out.logits, batches["train"]["input_ids"],
-                                    batches["train"]["loss_mask"])
-        return total / jnp.maximum(count, 1.0)
-
-    value, g = jax.value_and_grad(loss)(lora)
-    return g, {"loss": value, "targets": jnp.sum(batches["train"]["loss_mask"][:, 1:])}
-
-
 def optim_config(cell: AttackCell) -> OptimConfig:
     return OptimConfig(name=cell.optimizer, lr=cell.lr, warmup_ratio=cell.warmup_ratio,
                        schedule=cell.schedule, weight_decay=cell.weight_decay)
@@ -142,16 +107,16 @@ def run_attack(m: LoadedModel, cell: AttackCell, rows: Sequence[Mapping[str, Any
     log.info("attack %s: %s %s lr %g, %d samples, %d steps", cell.name, cell.method,
              cell.optimizer, cell.lr, cell.n_samples, cell.steps)
     meta = {"config_digest": cell.digest()}
+    optimizer, schedule = optimizer_for(optim_config(cell), cell.steps)
     if cell.method == "full":
-        # The loop donates its state; train a copy so ``m.params`` survives for the next cell.
-        params = jax.tree.map(jnp.copy, m.params)
-        state = run_loop(params, functools.partial(_full_grad, m.fn), ("targets",),
-                         _Keyed(batches), optim_config(cell), loop, meta=meta)
+        step = build_step(sft_objective(m.fn), optimizer, schedule)
+        # keep_params: the step donates its state; ``m.params`` must survive for the next cell.
+        state = run_loop(m.params, step, SftSource(batches), loop, meta=meta, keep_params=True)
         return state["params"]
-    lfn = LoraFn(m.cfg, cell.lora)
     lora = init_lora(m.params, cell.lora, data.seed)
-    grad = functools.partial(_lora_grad, lfn, m.params, data.seed)
-    state = run_loop(lora, grad, ("targets",), _Keyed(batches), optim_config(cell), loop, meta=meta)
+    step = build_step(lora_objective(LoraFn(m.cfg, cell.lora), m.params, data.seed), optimizer,
+                      schedule)
+    state = run_loop(lora, step, SftSource(batches, step_seed=True), loop, meta=meta)
     return merge_lora(m.params, state["params"], cell.lora)
 
 

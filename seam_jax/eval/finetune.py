@@ -14,7 +14,6 @@ text); GSM8K by greedy decoding and the last number of the output.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import pathlib
 import re
@@ -27,10 +26,10 @@ from seam_jax.eval.loglik import continuation_logprobs
 from seam_jax.eval.utility import mc_requests
 from seam_jax.data.proxy import MCItem
 from seam_jax.model.api import Params
-from seam_jax.seam.objective import sft_gradient
 from seam_jax.train.checkpoint import CheckpointConfig
 from seam_jax.train.loop import LoopConfig, run as run_loop
 from seam_jax.train.optim import OptimConfig
+from seam_jax.train.step import SftSource, build_step, optimizer_for, sft_objective
 
 log = logging.getLogger(__name__)
 
@@ -120,30 +119,20 @@ def accuracy(fn: Any, params: Params, tok: Any, task: Task, rows: Sequence[dict[
 def finetune_score(m: Any, params: Params, task_name: str, run_dir: pathlib.Path, *,
                    train_rows: Sequence[dict], test_rows: Sequence[dict], fmt: str, seq_len: int,
                    steps: int, lr: float = 2e-5, batch_size: int = 4, seed: int = 0) -> dict[str, float]:
-    """Accuracy before and after ``steps`` of benign full SFT on the task (AdamW, cosine)."""
+    """Accuracy before and after ``steps`` of benign full SFT on the task (AdamW, cosine).
+
+    ``params`` stay valid: the fine-tuning trains a copy (the train step donates its state).
+    """
     task = get_task(task_name)
     before = accuracy(m.fn, params, m.tokenizer, task, test_rows, fmt=fmt)
     batches = PairBatches.from_pairs(m.tokenizer, [pair(task, r) for r in train_rows],
                                      seq_len=seq_len, batch_size=batch_size, seed=seed, fmt=fmt,
                                      name=f"FS {task.name}")
-    state = run_loop(params, functools.partial(_grad, m.fn), ("targets",), _Train(batches),
-                     OptimConfig(name="adamw", lr=lr, weight_decay=0.0),
+    step = build_step(sft_objective(m.fn),
+                      *optimizer_for(OptimConfig(name="adamw", lr=lr, weight_decay=0.0), steps))
+    state = run_loop(params, step, SftSource(batches),
                      LoopConfig(steps=steps, run_dir=run_dir, seed=seed, progress=False,
                                 checkpoint=CheckpointConfig(every=max(steps, 1), keep=1),
-                                desc=f"FS {task.name}"))
+                                desc=f"FS {task.name}"), keep_params=True)
     after = accuracy(m.fn, state["params"], m.tokenizer, task, test_rows, fmt=fmt)
     return {"fs_task": task.name, "fs_before": before, "fs_after": after}
-
-
-class _Train:
-    """The loop's batch source: the task's batch under the key ``sft_gradient`` reads."""
-
-    def __init__(self, batches: PairBatches) -> None:
-        self.batches = batches
-
-    def batch_at(self, step: int) -> dict[str, Any]:
-        return {"train": self.batches.batch_at(step)}
-
-
-def _grad(fn: Any, params: Params, batches: dict) -> Any:
-    return sft_gradient(fn, params, batches, key="train")

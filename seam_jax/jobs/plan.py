@@ -56,20 +56,29 @@ def model_config(c: mlc.ConfigDict) -> Any:
                       f"directory with config.json; neither was found")
 
 
+def plan_config(c: mlc.ConfigDict) -> Any:
+    """``c.plan`` as a ``parallel.plan.PlanConfig``."""
+    from seam_jax.parallel.plan import PlanConfig
+
+    p = c.plan
+    return PlanConfig(num_devices=int(p.num_devices), device_memory_gb=float(p.device_memory_gb),
+                      usable_fraction=float(p.usable_fraction), search=bool(p.search),
+                      search_max_devices=int(p.search_max_devices), step=str(p.step))
+
+
 def step_spec(c: mlc.ConfigDict) -> Any:
+    """The step the SEAM job (``jobs.seam.train_step``) would compile for ``c``."""
     from seam_jax.jobs.seam import seam_hyper
-    from seam_jax.parallel.plan import PlanConfig, StepSpec
+    from seam_jax.parallel.plan import StepSpec
     from seam_jax.train.optim import OptimConfig
 
     return StepSpec(model=model_config(c), hp=seam_hyper(c), optim=OptimConfig(**c.optim.to_dict()),
                     batch_size=int(c.data.batch_size), seq_len=int(c.data.context_length),
-                    step=PlanConfig.from_config(c).step, seed=int(c.seed))
+                    step=plan_config(c).step, seed=int(c.seed), steps=int(c.steps))
 
 
 def run(c: mlc.ConfigDict) -> dict[str, Any]:
-    from seam_jax.parallel.plan import PlanConfig
-
-    needed = PlanConfig.from_config(c).devices_needed()
+    needed = plan_config(c).devices_needed()
     import jax  # the backend starts here; its device count is fixed from now on
 
     if jax.device_count() < needed:
@@ -82,12 +91,12 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
 
 def plan_here(c: mlc.ConfigDict) -> dict[str, Any]:
     """The plan in this process (it must already have the devices)."""
-    from seam_jax.parallel.mesh import MeshConfig
-    from seam_jax.parallel.plan import PlanConfig, format_bytes, plan_step, search_smallest_fsdp
+    from seam_jax.jobs.sharding import mesh_config
+    from seam_jax.parallel.plan import format_bytes, plan_step, search_smallest_fsdp
 
-    plan = PlanConfig.from_config(c)
+    plan = plan_config(c)
     spec = step_spec(c)
-    mesh_cfg = MeshConfig.from_config(c)
+    mesh_cfg = mesh_config(c)
     result: dict[str, Any] = {
         "model": str(c.model.source), "params": spec.model.num_params(),
         "param_dtype": spec.model.param_dtype, "dtype": spec.model.dtype,

@@ -16,18 +16,19 @@ from typing import Any
 
 import ml_collections as mlc
 
-from seam_jax.errors import read_json
 from seam_jax import config as config_lib
 from seam_jax.eval.behaviour import behaviour
-from seam_jax.hf.export import export_hf
 from seam_jax.eval.report import behaviour_table
+from seam_jax.hf.export import export_hf
 from seam_jax.hf.source import load_model
 from seam_jax.jobs.data import load_experiment_data, seam_batches
-from seam_jax.parallel.sharded import wants_sharding
-from seam_jax.seam.objective import SeamHyper, seam_gradient
+from seam_jax.jobs.sharding import training_setup
+from seam_jax.model.api import ModelFn
+from seam_jax.seam.objective import SeamHyper
 from seam_jax.train.checkpoint import CheckpointConfig
 from seam_jax.train.loop import LoopConfig, run as run_loop
 from seam_jax.train.optim import OptimConfig
+from seam_jax.train.step import TrainStep, build_step, optimizer_for, seam_objective
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +40,21 @@ def seam_hyper(c: mlc.ConfigDict) -> SeamHyper:
                      gamma_benign=s.gamma_benign, sd_remat=s.sd_remat)
 
 
+def train_step(c: mlc.ConfigDict, fn: ModelFn, setup: Any = None) -> TrainStep:
+    """The job's SEAM train step for ``c``, on ``setup``'s mesh if given (a
+    ``parallel.sharded.ShardedSetup``). The plan job compiles this same program
+    (``parallel.plan.lower_step``)."""
+    optimizer, schedule = optimizer_for(OptimConfig(**c.optim.to_dict()), int(c.steps))
+    layout = setup.layout(fn, optimizer) if setup is not None else None
+    return build_step(seam_objective(fn, seam_hyper(c)), optimizer, schedule, layout=layout)
+
+
 def run(c: mlc.ConfigDict) -> dict[str, Any]:
     t0 = time.time()
     run_dir = pathlib.Path(c.run_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     hp = seam_hyper(c)
-    setup = None
-    if wants_sharding(c):
-        from seam_jax.parallel.sharded import sharded_training_setup
-
-        setup = sharded_training_setup(c)
+    setup = training_setup(c)
     m = load_model(c, setup.param_shardings_fn if setup else None)
     data = load_experiment_data(c, run_dir)
     batches = seam_batches(c, m.tokenizer, data)
@@ -66,7 +72,7 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
     before_file = run_dir / "eval_before.json"
     if evaluate:
         if before_file.is_file():
-            before = read_json(before_file)  # a corrupt one is named, not a bare JSONDecodeError
+            before = json.loads(before_file.read_text())
         else:
             log.info("measuring the base model on %d held-out harmful prompts", len(held_out))
             before = check(m.params)
@@ -80,19 +86,16 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
         survival = check_perturbation(m.fn, m.params, batches.batch_at(0), hp.eps, hp.estimator)
         if survival is not None:
             summary["perturbation_survival"] = survival
-    gradient_fn = functools.partial(_seam_grad, m.fn, hp)
-    source, sharded_kw = batches, {}
+    source, place = batches, None
     if setup is not None:
-        gradient_fn = setup.wrap_gradient(gradient_fn)
-        source = setup.local_source(batches)
-        sharded_kw = dict(jit_kwargs=setup.jit_kwargs(m.fn), place_batch=setup.batch_to_global)
+        source, place = setup.local_source(batches), setup.batch_to_global
+    # The step donates its state: m.params are not used after this.
     state = run_loop(
-        m.params, gradient_fn, ("targets_adv", "targets_aln", "targets_bgn"), source,
-        OptimConfig(**c.optim.to_dict()),
+        m.params, train_step(c, m.fn, setup), source,
         LoopConfig(steps=c.steps, run_dir=run_dir, seed=c.seed, desc="SEAM",
                    checkpoint=CheckpointConfig(**c.checkpoint.to_dict()),
                    postfix=("loss", "cos", "L_ul", "L_up"), progress=c.progress),
-        meta={"config_digest": summary["config_digest"]}, **sharded_kw,
+        meta={"config_digest": summary["config_digest"]}, place_batch=place,
     )
     params = state["params"]
     export_dir = pathlib.Path(c.export.dir or run_dir / "defended-hf")
@@ -113,7 +116,3 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     log.info("SEAM done in %.0f s; summary in %s", summary["wall_seconds"], run_dir / "summary.json")
     return summary
-
-
-def _seam_grad(fn, hp, params, batches):
-    return seam_gradient(fn, params, batches, hp)

@@ -1,13 +1,15 @@
-"""The device mesh (``data``, ``fsdp``, ``tensor``) from the config, and multi-host start-up.
+"""The device mesh (``data``, ``fsdp``, ``tensor``) and multi-host start-up.
 
-``c.mesh`` gives one size per axis; ``-1`` means "the devices left over" (at most one
-axis may say so). ``c.distributed`` says whether and how to call
+``MeshConfig`` gives one size per axis; ``-1`` means "the devices left over" (at most
+one axis may say so). ``DistributedConfig`` says whether and how to call
 ``jax.distributed.initialize``: ``auto`` does it when the environment is a
 multi-process job (SLURM with several tasks, a TPU pod that exports its worker
 list, or ``JAX_COORDINATOR_ADDRESS``), ``on`` always does it (JAX then detects TPU
 pods, SLURM, Open MPI, Kubernetes itself), ``off`` never does. An explicit
 ``coordinator_address`` with ``num_processes`` and ``process_id`` overrides detection.
 ``initialize_distributed`` must run before anything else touches JAX devices.
+Both are typed: the jobs build them from ``c.mesh`` and ``c.distributed``
+(``jobs.sharding``).
 """
 
 from __future__ import annotations
@@ -30,18 +32,18 @@ AXES = ("data", "fsdp", "tensor")
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Sizes of the mesh axes (-1: the rest of the devices) and the rules preset."""
+    """Sizes of the mesh axes (-1: the rest of the devices), the rules preset, and whether
+    a training job runs sharded (``use``: auto | on | off, ``sharded.wants_sharding``)."""
 
     data: int = 1
     fsdp: int = -1
     tensor: int = 1
     rules: str = "fsdp_tp"
+    use: str = "auto"
 
-    @classmethod
-    def from_config(cls, c: Any) -> "MeshConfig":
-        """From ``c.mesh`` (a ConfigDict or mapping with data, fsdp, tensor, rules)."""
-        m = c.mesh
-        return cls(data=int(m.data), fsdp=int(m.fsdp), tensor=int(m.tensor), rules=str(m.rules))
+    def __post_init__(self) -> None:
+        if self.use not in ("auto", "on", "off"):
+            raise ConfigError(f"mesh.use={self.use!r}; choose auto, on or off")
 
     def sizes(self) -> tuple[int, int, int]:
         return (self.data, self.fsdp, self.tensor)
@@ -97,14 +99,6 @@ class DistributedConfig:
     num_processes: int = 0
     process_id: int = -1
     local_device_ids: str = ""  # comma-separated, for one process per GPU on a host
-    init_timeout: float = 60.0  # seconds for the coordinator and every process to join
-
-    @classmethod
-    def from_config(cls, c: Any) -> "DistributedConfig":
-        d = c.distributed
-        return cls(mode=str(d.mode), coordinator_address=str(d.coordinator_address),
-                   num_processes=int(d.num_processes), process_id=int(d.process_id),
-                   local_device_ids=str(d.local_device_ids), init_timeout=float(d.init_timeout))
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "on", "off"):
@@ -164,82 +158,7 @@ def initialize_distributed(cfg: DistributedConfig) -> bool:
         return False
     log.info("jax.distributed.initialize(%s) [%s]", kw or "auto-detect",
              multiprocess_environment() or "explicit")
-    _initialize_within(kw, float(cfg.init_timeout))
+    jax.distributed.initialize(**kw)
     log.info("process %d of %d; %d local and %d global devices", jax.process_index(),
              jax.process_count(), jax.local_device_count(), jax.device_count())
     return True
-
-
-def _initialize_within(kw: dict[str, Any], timeout: float) -> None:
-    """``jax.distributed.initialize(**kw)``, failing within ``timeout`` seconds with one line.
-
-    JAX's own timeout aborts the process (SIGABRT and a C++ stack trace) after 300 s by
-    default. So a process other than the coordinator first waits, in Python, until the
-    coordinator's port accepts a connection (DistributedError naming the address if it
-    never does); then a watchdog prints one line and exits with code 2 shortly before
-    JAX's deadline, if the other processes never join.
-    """
-    import sys
-    import threading
-    import time
-
-    from seam_jax.errors import DistributedError
-
-    address = kw.get("coordinator_address")
-    where = f"the coordinator at {address}" if address else "the auto-detected coordinator"
-    deadline = time.monotonic() + timeout
-    if address and kw.get("process_id", 0) != 0:
-        _wait_for_port(address, deadline, timeout)
-    remaining = max(deadline - time.monotonic(), 1.0)
-    line = (f"seam_jax: error: {where} did not bring up all "
-            f"{kw.get('num_processes', 'the')} processes within {timeout:g} s "
-            f"(distributed.init_timeout): start every process, check "
-            f"distributed.coordinator_address (or JAX_COORDINATOR_ADDRESS), or raise the timeout")
-
-    def give_up() -> None:  # runs while initialize blocks in C++, which releases the GIL
-        print(line, file=sys.stderr, flush=True)
-        os._exit(2)
-
-    watchdog = threading.Timer(remaining, give_up)
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        # JAX's deadline a little after ours, so that the watchdog speaks first.
-        jax.distributed.initialize(**kw, initialization_timeout=int(remaining) + 10)
-    except Exception as e:  # a bad address string, a port in use, a second initialize, ...
-        raise DistributedError(f"jax.distributed.initialize with {where} failed: "
-                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
-    finally:
-        watchdog.cancel()
-
-
-def _wait_for_port(address: str, deadline: float, timeout: float) -> None:
-    """Return once ``address`` ("host:port") accepts a TCP connection; DistributedError
-    naming it if it does not before ``deadline`` (``time.monotonic`` seconds)."""
-    import socket
-    import time
-
-    from seam_jax.errors import DistributedError
-
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    try:
-        port_number = int(port)
-    except ValueError:
-        raise ConfigError(f"distributed.coordinator_address={address!r}; give host:port") from None
-    last: OSError | None = None
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        try:
-            with socket.create_connection((host, port_number), timeout=min(left, 2.0)):
-                return
-        except OSError as e:
-            last = e
-            time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
-    why = f" ({last.strerror or last})" if last is not None else ""
-    raise DistributedError(
-        f"cannot reach the coordinator at {address} within {timeout:g} s{why}: start process 0 "
-        f"there first, check distributed.coordinator_address (or JAX_COORDINATOR_ADDRESS), or "
-        f"raise distributed.init_timeout")

@@ -1,8 +1,9 @@
 """Ahead-of-time memory plan: compile the train step for a target mesh, allocate nothing.
 
-The state and the batches are ``jax.ShapeDtypeStruct``s carrying their shardings,
-so ``jax.jit(step).lower(...).compile()`` builds the per-device program of the
-target mesh without a single parameter in memory. ``compiled.memory_analysis()``
+The step is the jobs' own (``train.step.build_step`` with the objective, optimizer and
+layout the SEAM job uses); the state and the batches are ``jax.ShapeDtypeStruct``s
+carrying their shardings, so ``step.lower(...).compile()`` builds the per-device
+program of the target mesh without a single parameter in memory. ``compiled.memory_analysis()``
 then gives, per device: the arguments (state + batch shards), the outputs, the
 bytes of outputs that alias donated arguments, and the temporaries (activations,
 gradients, the SEAM direction and perturbed parameters). The peak is
@@ -25,7 +26,7 @@ import dataclasses
 import logging
 import math
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,18 +37,19 @@ from seam_jax.model.config import ModelConfig
 from seam_jax.parallel import sharded
 from seam_jax.parallel.mesh import MeshConfig, make_mesh, resolve_sizes
 from seam_jax.parallel.rules import Rules
-from seam_jax.seam.objective import SeamHyper, seam_gradient, sft_gradient
-from seam_jax.train.optim import OptimConfig, make_optimizer
+from seam_jax.seam.objective import SeamHyper
+from seam_jax.train.optim import OptimConfig
+from seam_jax.train.step import (Objective, SFT_KEY, TrainStep, build_step, optimizer_for,
+                                 seam_objective, sft_objective)
 
 log = logging.getLogger(__name__)
 
 GIB = 2 ** 30
-SEAM_TARGETS = ("targets_adv", "targets_aln", "targets_bgn")
 
 
 @dataclasses.dataclass(frozen=True)
 class PlanConfig:
-    """``c.plan``: the target topology and memory, and the search option."""
+    """The target topology and memory, and the search option (``c.plan``)."""
 
     num_devices: int = 8
     device_memory_gb: float = 80.0
@@ -55,13 +57,6 @@ class PlanConfig:
     search: bool = False
     search_max_devices: int = 64
     step: str = "seam"  # seam | sft
-
-    @classmethod
-    def from_config(cls, c: Any) -> "PlanConfig":
-        p = c.plan
-        return cls(num_devices=int(p.num_devices), device_memory_gb=float(p.device_memory_gb),
-                   usable_fraction=float(p.usable_fraction), search=bool(p.search),
-                   search_max_devices=int(p.search_max_devices), step=str(p.step))
 
     def __post_init__(self) -> None:
         if self.num_devices < 1 or self.device_memory_gb <= 0:
@@ -81,7 +76,11 @@ class PlanConfig:
 
 @dataclasses.dataclass(frozen=True)
 class StepSpec:
-    """What is compiled: the model, the objective, the optimizer and the global batch."""
+    """What is compiled: the model, the objective, the optimizer and the global batch.
+
+    ``steps``: the run's micro-steps; it sets the learning-rate schedule's constants,
+    which change no buffer (so no memory figure) but are part of the program.
+    """
 
     model: ModelConfig
     hp: SeamHyper
@@ -90,6 +89,7 @@ class StepSpec:
     seq_len: int
     step: str = "seam"
     seed: int = 0
+    steps: int = 1000
 
 
 @dataclasses.dataclass
@@ -123,35 +123,38 @@ class MemoryPlan:
 
 def abstract_step_batches(spec: StepSpec, rules: Rules) -> dict[str, dict[str, jax.ShapeDtypeStruct]]:
     """The step's batches as sharded ShapeDtypeStructs (int32 [B, T], as data.format makes)."""
-    keys = ("adv", "aln", "bgn") if spec.step == "seam" else ("train",)
+    keys = ("adv", "aln", "bgn") if spec.step == "seam" else (SFT_KEY,)
     one = {k: jax.ShapeDtypeStruct((spec.batch_size, spec.seq_len), jnp.int32)
            for k in ("input_ids", "attention_mask", "loss_mask")}
     return sharded.abstract_batches({k: one for k in keys}, rules)
 
 
-def gradient_fn_for(spec: StepSpec, fn: ModelFn) -> tuple[Callable, tuple[str, ...]]:
-    if spec.step == "seam":
-        return (lambda p, b: seam_gradient(fn, p, b, spec.hp)), SEAM_TARGETS
-    return (lambda p, b: sft_gradient(fn, p, b, "train")), ("targets",)
+def objective_for(spec: StepSpec, fn: ModelFn) -> Objective:
+    return seam_objective(fn, spec.hp) if spec.step == "seam" else sft_objective(fn)
+
+
+def lower_step(spec: StepSpec, mesh_cfg: MeshConfig, devices: list[jax.Device]
+               ) -> tuple[Any, TrainStep, Rules, Any]:
+    """(lowered step, the step, rules, abstract state) for ``spec`` on a mesh over ``devices``.
+
+    The step is built as the jobs build theirs: ``build_step`` with the objective, the
+    optimizer for ``spec.steps`` and the mesh's layout.
+    """
+    mesh = make_mesh(mesh_cfg, devices)
+    rules = Rules.preset(mesh_cfg.rules, mesh)
+    fn = ModelFn(spec.model)
+    optimizer, schedule = optimizer_for(spec.optim, spec.steps)
+    layout = sharded.step_layout(fn, optimizer, rules, spec.batch_size)
+    step = build_step(objective_for(spec, fn), optimizer, schedule, layout=layout)
+    state = step.abstract_state(fn.abstract_params, spec.seed)
+    return step.lower(state, abstract_step_batches(spec, rules)), step, rules, state
 
 
 def compile_step(spec: StepSpec, mesh_cfg: MeshConfig, devices: list[jax.Device],
                  compiler_options: dict[str, Any] | None = None) -> tuple[Any, Rules, Any]:
     """(compiled step, rules, abstract state) for ``spec`` on a mesh over ``devices``."""
-    mesh = make_mesh(mesh_cfg, devices)
-    rules = Rules.preset(mesh_cfg.rules, mesh)
-    fn = ModelFn(spec.model)
-    # The schedule's length changes no buffer; any step count gives the same program size.
-    optimizer, schedule = make_optimizer(spec.optim, 1000)
-    p_sh = sharded.param_shardings(fn, rules)
-    state = sharded.abstract_state(fn, optimizer, p_sh, mesh, spec.seed)
-    batches = abstract_step_batches(spec, rules)
-    grad_fn, targets = gradient_fn_for(spec, fn)
-    step = sharded.jit_train_step(grad_fn, optimizer, schedule, target_keys=targets, rules=rules,
-                                  state_sh=jax.tree.map(lambda s: s.sharding, state),
-                                  batch_sh=sharded.batch_sharding(rules, spec.batch_size))
-    compiled = step.lower(state, batches).compile(compiler_options)
-    return compiled, rules, state
+    lowered, _, rules, state = lower_step(spec, mesh_cfg, devices)
+    return lowered.compile(compiler_options), rules, state
 
 
 def per_device_bytes(abstract: Any) -> int:
@@ -201,7 +204,7 @@ def plan_step(spec: StepSpec, mesh_cfg: MeshConfig, plan: PlanConfig, num_device
 def state_lower_bound(spec: StepSpec) -> int:
     """Bytes of params + optimizer state in total (no device can hold less than its share)."""
     fn = ModelFn(spec.model)
-    optimizer, _ = make_optimizer(spec.optim, 1000)
+    optimizer, _ = optimizer_for(spec.optim, spec.steps)
     shapes = jax.eval_shape(lambda p: optimizer.init(p), fn.abstract_params)
     return sharded.total_bytes(fn.abstract_params) + sharded.total_bytes(shapes)
 

@@ -1,16 +1,18 @@
-"""Sharded init, the sharded SEAM and SFT train steps, and global batches from host data.
+"""Sharded init, the sharded step's layout, and global batches from host data.
 
 Everything is laid out by ``rules.Rules`` over one mesh:
 
 - parameters: the rules table (``fsdp`` splits ``embed``, ``tensor`` splits heads/MLP/
   vocabulary); optimizer moments take the sharding of the parameter they mirror (by
   tree path and shape), counters and the RNG are replicated;
-- init: ``jax.eval_shape`` gives the state's shapes without allocating it, and the
-  init runs inside one ``jax.jit`` whose ``out_shardings`` are the sharded layout, so
-  each device only ever materialises its own shards;
-- the step: ``jax.jit(step, in_shardings, out_shardings, donate_argnums=0)``, with the
-  rules' activation constraints applied while it is traced. The SEAM gradient keeps
-  its estimators as written (vmapped perturbed gradients, ``jax.jvp`` for the exact
+- init: ``ModelFn.init(seed, shardings=param_shardings(...))`` runs the model's init
+  inside one ``jax.jit`` whose ``out_shardings`` are the sharded layout, so each device
+  only ever materialises its own shards (the HF loader places loaded weights the same
+  way); the optimizer state is then built around them (``train.step.TrainStep.init``)
+  and inherits their layout;
+- the step: ``step_layout`` gives ``train.step.build_step`` the state and batch
+  shardings and the rules' activation constraints. The SEAM gradient keeps its
+  estimators as written (vmapped perturbed gradients, ``jax.jvp`` for the exact
   Hessian-vector product); GSPMD partitions them like any other function;
 - batches: each host loads its own contiguous rows of the global batch
   (``data.batches.shard_slice``) and ``global_batch`` assembles them into one global
@@ -24,22 +26,21 @@ parameters (``seam.sd_grad.perturb``), so with float32 masters it stays float32.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from seam_jax.model.api import ModelFn, Params
 from seam_jax.model.config import ModelConfig
-from seam_jax.parallel.mesh import DistributedConfig, MeshConfig, initialize_distributed, make_mesh
-from seam_jax.parallel.rules import Rules, ShardingError, activation_sharding
-from seam_jax.train.step import GradientFn, State, init_state, make_step, step_compiler_options
+from seam_jax.parallel.mesh import MeshConfig, make_mesh
+from seam_jax.parallel.rules import Rules, ShardingError
+from seam_jax.train.step import State, StepLayout, init_state, replicated
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,6 @@ Tree = Any
 def param_shardings(fn: ModelFn, rules: Rules) -> Params:
     """NamedShardings for ``fn``'s parameters (ShardingError names any it cannot place)."""
     return rules.param_shardings(fn.abstract_params, fn.logical_axes)
-
-
-def shard_init(fn: ModelFn, shardings: Params, seed: int = 0) -> Params:
-    """``fn.init(seed)`` computed directly into ``shardings`` (``ModelFn.init``'s sharded path)."""
-    return fn.init(seed, shardings=shardings)
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())
 
 
 def state_shardings(abstract_state: State, params_sharding: Params, mesh: Mesh) -> State:
@@ -86,27 +78,14 @@ def state_shardings(abstract_state: State, params_sharding: Params, mesh: Mesh) 
     return out
 
 
-def abstract_state(fn: ModelFn, optimizer: optax.GradientTransformation, params_sharding: Params,
-                   mesh: Mesh, seed: int = 0) -> State:
-    """ShapeDtypeStructs (with shardings) of ``init_state``'s output; allocates nothing."""
-    shapes = jax.eval_shape(lambda p: init_state(p, optimizer, seed), fn.abstract_params)
-    sh = state_shardings(shapes, params_sharding, mesh)
-    return jax.tree.map(lambda s, h: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=h), shapes, sh)
-
-
-def shard_init_state(params: Params, optimizer: optax.GradientTransformation, shardings: State,
-                     seed: int = 0) -> State:
-    """``init_state`` computed into ``shardings``; ``params`` is donated (its buffers reused)."""
-    f = jax.jit(lambda p: init_state(p, optimizer, seed), in_shardings=(shardings["params"],),
-                out_shardings=shardings, donate_argnums=(0,))
-    return f(params)
-
-
-def shard_init_train_state(fn: ModelFn, optimizer: optax.GradientTransformation, shardings: State,
-                           seed: int = 0) -> State:
-    """The whole train state (``fn.init(seed)`` then ``init_state``) in one jit, computed
-    straight into ``shardings`` (``abstract_state``'s): one compile, no full copy anywhere."""
-    return jax.jit(lambda: init_state(fn.init(seed), optimizer, seed), out_shardings=shardings)()
+def step_layout(fn: ModelFn, optimizer: optax.GradientTransformation, rules: Rules,
+                global_rows: int) -> StepLayout:
+    """The layout of ``fn``'s train step under ``optimizer`` on ``rules.mesh`` (for
+    ``train.step.build_step``), with global batches of ``global_rows`` rows."""
+    params_sh = param_shardings(fn, rules)
+    shapes = jax.eval_shape(lambda p: init_state(p, optimizer, 0), fn.abstract_params)
+    return StepLayout(mesh=rules.mesh, state=state_shardings(shapes, params_sh, rules.mesh),
+                      batch=batch_sharding(rules, global_rows), constrain=rules.constrain)
 
 
 # ------------------------------------------------------------------ batches
@@ -141,39 +120,6 @@ def abstract_batches(batches: dict[str, dict[str, Any]], rules: Rules) -> Tree:
     return jax.tree.map(one, batches)
 
 
-# ------------------------------------------------------------------ steps
-def constrained(gradient_fn: GradientFn, rules: Rules) -> GradientFn:
-    """``gradient_fn`` with the rules' activation constraints active while it is traced."""
-    @functools.wraps(gradient_fn)
-    def wrapped(params: Params, batches: dict) -> tuple[Params, dict]:
-        with activation_sharding(rules):
-            return gradient_fn(params, batches)
-
-    return wrapped
-
-
-def step_jit_kwargs(state_sh: State, batch_sh: NamedSharding, mesh: Mesh) -> dict[str, Any]:
-    """``jax.jit`` keyword arguments for ``step(state, batches) -> (state, metrics)``.
-
-    The batch sharding is a pytree prefix: it applies to every array of ``batches``.
-    Metrics come back replicated (scalars). ``train.loop.run`` adds the donation.
-    """
-    return dict(in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated(mesh)))
-
-
-def jit_train_step(gradient_fn: GradientFn, optimizer: optax.GradientTransformation,
-                   schedule: optax.Schedule, *, target_keys: tuple[str, ...], rules: Rules,
-                   state_sh: State, batch_sh: NamedSharding) -> Callable[[State, dict], tuple[State, dict]]:
-    """The sharded, jitted train step, donating the state (its buffers are reused in place).
-
-    Use with ``seam_gradient`` (any estimator) for SEAM or ``sft_gradient`` for the
-    attacks and baselines.
-    """
-    step = make_step(constrained(gradient_fn, rules), optimizer, schedule, target_keys=target_keys)
-    return jax.jit(step, donate_argnums=(0,), compiler_options=step_compiler_options(),
-                   **step_jit_kwargs(state_sh, batch_sh, rules.mesh))
-
-
 # ------------------------------------------------------------------ the training job's entry
 @dataclasses.dataclass
 class ShardedSetup:
@@ -181,9 +127,7 @@ class ShardedSetup:
 
     mesh: Mesh
     rules: Rules
-    optimizer: optax.GradientTransformation
     global_rows: int
-    seed: int
 
     @property
     def process_index(self) -> int:
@@ -194,18 +138,12 @@ class ShardedSetup:
         return jax.process_count()
 
     def param_shardings_fn(self, cfg: ModelConfig) -> Params:
-        """``cfg -> shardings`` for ``jobs.common.load_model`` / ``hf.load.load_hf``."""
+        """``cfg -> shardings`` for the model loader (``ModelFn.init`` / ``hf.load.load_hf``)."""
         return param_shardings(ModelFn(cfg), self.rules)
 
-    def state_shardings(self, fn: ModelFn) -> State:
-        p_sh = param_shardings(fn, self.rules)
-        return jax.tree.map(lambda s: s.sharding,
-                            abstract_state(fn, self.optimizer, p_sh, self.mesh, self.seed))
-
-    def jit_kwargs(self, fn: ModelFn) -> dict[str, Any]:
-        """``jit_kwargs`` for ``train.loop.run`` (which adds ``donate_argnums=(0,)``)."""
-        return step_jit_kwargs(self.state_shardings(fn), batch_sharding(self.rules, self.global_rows),
-                               self.mesh)
+    def layout(self, fn: ModelFn, optimizer: optax.GradientTransformation) -> StepLayout:
+        """The step layout for ``train.step.build_step`` (``step_layout``)."""
+        return step_layout(fn, optimizer, self.rules, self.global_rows)
 
     def local_source(self, source: Any) -> Any:
         """``source`` with ``batch_at(step)`` giving this host's rows of the global batch."""
@@ -215,45 +153,33 @@ class ShardedSetup:
         """This host's rows (``batch_at(step, process_index, process_count)``) -> global arrays."""
         return global_batch(local, self.rules)
 
-    def wrap_gradient(self, gradient_fn: GradientFn) -> GradientFn:
-        """``gradient_fn`` with the rules' activation constraints (see ``constrained``)."""
-        return constrained(gradient_fn, self.rules)
 
+def sharded_training_setup(mesh_cfg: MeshConfig, global_rows: int) -> ShardedSetup:
+    """The mesh of ``mesh_cfg`` over every device and its rules, for global batches of
+    ``global_rows`` rows.
 
-def sharded_training_setup(c: Any, optimizer: optax.GradientTransformation | None = None
-                           ) -> ShardedSetup:
-    """The mesh (``c.mesh``) and everything derived from it, for ``train.loop.run``.
-
-    Call ``setup_distributed(c)`` first (before any JAX device use). Needs no model:
-    ``param_shardings_fn`` goes to ``load_model``; ``jit_kwargs(fn)`` and
-    ``state_shardings(fn)`` take the loaded ``ModelFn``. ``optimizer`` defaults to the
-    config's (``c.optim``); only its state's structure matters here, not its schedule.
+    Call ``mesh.initialize_distributed`` first (before any JAX device use). Needs no
+    model: ``param_shardings_fn`` goes to the model loader, ``layout(fn, optimizer)`` to
+    ``train.step.build_step``.
     """
-    from seam_jax.train.optim import OptimConfig, make_optimizer
-
-    mesh = make_mesh(MeshConfig.from_config(c))
-    rules = Rules.preset(str(c.mesh.rules), mesh)
-    if optimizer is None:
-        optimizer, _ = make_optimizer(OptimConfig(**c.optim.to_dict()), max(int(c.steps), 1))
-    global_rows = int(c.data.batch_size)
+    mesh = make_mesh(mesh_cfg)
+    rules = Rules.preset(mesh_cfg.rules, mesh)
     if global_rows % jax.process_count():
         raise ShardingError(f"data.batch_size={global_rows} does not divide over "
                             f"{jax.process_count()} processes")
     log.info("sharded training: mesh %s, rules %s, global batch %d rows from %d process(es)",
              dict(mesh.shape), rules.name, global_rows, jax.process_count())
-    return ShardedSetup(mesh=mesh, rules=rules, optimizer=optimizer, global_rows=global_rows,
-                        seed=int(c.seed))
+    return ShardedSetup(mesh=mesh, rules=rules, global_rows=global_rows)
 
 
-def wants_sharding(c: Any) -> bool:
-    """Whether a training job should run sharded (``c.mesh.use``).
+def wants_sharding(mesh_cfg: MeshConfig) -> bool:
+    """Whether a training job should run sharded (``mesh_cfg.use``).
 
     ``auto``: yes with several processes, or several accelerators on this host; a CPU
     host's devices (often faked for tests) stay on the single-device path.
     """
-    use = str(c.mesh.use)
-    if use in ("on", "off"):
-        return use == "on"
+    if mesh_cfg.use in ("on", "off"):
+        return mesh_cfg.use == "on"
     return jax.process_count() > 1 or (jax.device_count() > 1 and jax.default_backend() != "cpu")
 
 
@@ -265,11 +191,6 @@ class _LocalRows:
 
     def batch_at(self, step: int) -> Tree:
         return self.source.batch_at(step, self.process_index, self.process_count)
-
-
-def setup_distributed(c: Any) -> bool:
-    """``initialize_distributed`` from ``c.distributed`` (call before anything uses JAX)."""
-    return initialize_distributed(DistributedConfig.from_config(c))
 
 
 # ------------------------------------------------------------------ accounting

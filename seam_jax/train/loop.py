@@ -1,7 +1,7 @@
 """The host-side training loop shared by SEAM defense and the attacks.
 
-It compiles the step once (with the state donated), resumes from the newest
-readable checkpoint, feeds the batch for each global step (a pure function of the
+It runs a step jitted once by ``train.step.build_step`` (which donates the state),
+resumes from the newest readable checkpoint, feeds the batch for each global step (a pure function of the
 step, so a resumed run sees the same stream), shows a progress bar, writes
 metrics, checkpoints every N steps, and stops on a non-finite loss without
 touching the last good checkpoint.
@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import pathlib
 from typing import Any, Callable, Protocol
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from seam_jax.errors import SeamError
 from seam_jax.model.api import Params
 from seam_jax.train.checkpoint import CheckpointConfig, Checkpointer, abstract_like
 from seam_jax.train.metrics import MetricsWriter
-from seam_jax.train.optim import OptimConfig, make_optimizer
-from seam_jax.train.step import GradientFn, State, init_state, make_step, step_compiler_options
+from seam_jax.train.step import State, TrainStep
 
 log = logging.getLogger(__name__)
 
@@ -52,31 +51,29 @@ class LoopConfig:
 
 def run(
     params: Params,
-    gradient_fn: GradientFn,
-    target_keys: tuple[str, ...],
+    step_fn: TrainStep,
     source: BatchSource,
-    optim: OptimConfig,
     loop: LoopConfig,
     *,
     meta: dict[str, Any] | None = None,
-    jit_kwargs: dict[str, Any] | None = None,
     on_metrics: Callable[[int, dict[str, float]], None] | None = None,
     place_batch: Callable[[Any], Any] | None = None,
+    keep_params: bool = False,
 ) -> State:
-    """Train for ``loop.steps`` micro-steps; return the final state.
+    """Train for ``loop.steps`` micro-steps of ``step_fn`` (``train.step.build_step``); return
+    the final state.
 
-    ``place_batch`` turns ``source.batch_at(step)`` into the step's input (default: host
-    arrays, which the jitted step places; sharded runs pass ``ShardedSetup.batch_to_global``).
+    The step donates its state, so ``params`` are consumed: their buffers become the
+    trained ones. ``keep_params=True`` trains a copy instead, for a caller that uses
+    ``params`` afterwards. ``place_batch`` turns ``source.batch_at(step)`` into the
+    step's input (default: host arrays, which the jitted step places; sharded runs
+    pass ``ShardedSetup.batch_to_global``).
     """
     place_batch = place_batch or (lambda b: jax.tree.map(np.asarray, b))
-    updates = math.ceil(loop.steps / max(optim.grad_accum, 1))
-    optimizer, schedule = make_optimizer(optim, updates)
-    jit_kwargs = dict(jit_kwargs or {})
-    jit_kwargs["compiler_options"] = {**step_compiler_options(),
-                                      **(jit_kwargs.get("compiler_options") or {})}
-    step_fn = jax.jit(make_step(gradient_fn, optimizer, schedule, target_keys=target_keys),
-                      donate_argnums=(0,), **jit_kwargs)
-    state = init_state(params, optimizer, loop.seed)
+    target_keys = step_fn.target_keys
+    if keep_params:
+        params = jax.tree.map(jnp.copy, params)
+    state = step_fn.init(params, loop.seed)
     ckpt = Checkpointer(loop.run_dir / "checkpoints", loop.checkpoint)
     restored = ckpt.restore_latest(abstract_like(state))
     start = 0

@@ -1,26 +1,90 @@
-"""The jitted train step ``(state, batches) -> (state, metrics)`` for SEAM and for plain SFT.
+"""The train step ``(state, batches) -> (state, metrics)`` and the one builder that jits it.
 
 The state is a plain pytree (``step``, ``params``, ``opt_state``, ``rng``), so Orbax
 saves it as is. A step whose loss or gradient is not finite, or whose loss mask is
 empty, leaves the state unchanged and says so in ``metrics["skipped"]``; the host
 loop decides whether to stop.
+
+``build_step`` is the only place a train step is jitted: the SEAM job, the attacks,
+the FS fine-tuning, the ahead-of-time memory plan and the tests all get their step
+from it, so the plan compiles the program the job runs. It owns the state's
+donation, the compiler options, and, given a ``StepLayout`` (a mesh), the in/out
+shardings and the activation constraints.
+
+An ``Objective`` is what is trained: a gradient function
+``gradient(params, batches) -> (grads, metrics)`` and the metric names holding
+target-token counts. ``seam_objective`` and ``sft_objective`` are the two the
+project trains; ``SftSource`` is the one batch adaptor for SFT.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 
-from seam_jax.model.api import Params
+from seam_jax.model.api import ModelFn, Params
+from seam_jax.model.transformer import activation_constraint
+from seam_jax.seam.objective import SeamHyper, seam_gradient, sft_gradient
 from seam_jax.tree import tree_norm
+from seam_jax.train.optim import OptimConfig, make_optimizer
 
 State = dict[str, Any]
 GradientFn = Callable[[Params, dict], tuple[Params, dict[str, jax.Array]]]
+SEAM_TARGETS = ("targets_adv", "targets_aln", "targets_bgn")
+SFT_KEY = "train"  # the batches' key the SFT objective reads
 
 
+# ------------------------------------------------------------------ what is trained
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """``gradient(params, batches) -> (grads, metrics)``; ``target_keys`` name the metrics
+    holding target-token counts (a zero count skips the step)."""
+
+    gradient: GradientFn
+    target_keys: tuple[str, ...]
+
+
+def seam_objective(fn: ModelFn, hp: SeamHyper) -> Objective:
+    """SEAM's ``grad L_ul + alpha grad L_up + beta grad L_sd`` on batches adv, aln, bgn."""
+    return Objective(functools.partial(seam_gradient, fn, hp=hp), SEAM_TARGETS)
+
+
+def sft_objective(fn: Callable[..., Any]) -> Objective:
+    """Plain fine-tuning, ``grad l(theta; batches["train"])`` (attacks, FS, baselines).
+
+    ``fn(params, input_ids, attention_mask)`` is the model (a ``ModelFn``, or LoRA's
+    adapter-only apply, ``attack.lora.lora_objective``).
+    """
+    return Objective(functools.partial(sft_gradient, fn, key=SFT_KEY), ("targets",))
+
+
+class SftSource:
+    """The training loop's batch source for SFT: ``{"train": batches.batch_at(step)}``.
+
+    ``step_seed``: also pass the step number under ``"seed"`` (a uint32 scalar; LoRA's
+    dropout key is folded with it, so each step draws its own masks).
+    """
+
+    def __init__(self, batches: Any, *, step_seed: bool = False) -> None:
+        self.batches = batches
+        self.step_seed = step_seed
+
+    def batch_at(self, step: int) -> dict[str, Any]:
+        out: dict[str, Any] = {SFT_KEY: self.batches.batch_at(step)}
+        if self.step_seed:
+            out["seed"] = np.asarray(step, np.uint32)
+        return out
+
+
+# ------------------------------------------------------------------ the step
 def init_state(params: Params, optimizer: optax.GradientTransformation, seed: int) -> State:
     return {"step": jnp.zeros((), jnp.int32), "params": params,
             "opt_state": optimizer.init(params),
@@ -39,9 +103,10 @@ def _count_of(opt_state: Any) -> jax.Array | None:
 
 def make_step(gradient_fn: GradientFn, optimizer: optax.GradientTransformation,
               schedule: optax.Schedule, *, target_keys: tuple[str, ...]) -> Callable[[State, dict], tuple[State, dict]]:
-    """Wrap ``gradient_fn(params, batches) -> (grads, metrics)`` into a train step.
+    """Wrap ``gradient_fn(params, batches) -> (grads, metrics)`` into an (unjitted) train step.
 
     ``target_keys``: metric names holding target-token counts; a zero count skips the step.
+    Jit it with ``build_step``.
     """
 
     def step(state: State, batches: dict) -> tuple[State, dict]:
@@ -77,3 +142,99 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPT
 def step_compiler_options() -> dict[str, Any]:
     """``jax.jit(..., compiler_options=...)`` for a train step on the current backend."""
     return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else {}
+
+
+def optimizer_for(cfg: OptimConfig, steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(optimizer, schedule) for a run of ``steps`` micro-steps (``grad_accum`` per update)."""
+    return make_optimizer(cfg, math.ceil(steps / max(cfg.grad_accum, 1)))
+
+
+# ------------------------------------------------------------------ the builder
+@dataclasses.dataclass(frozen=True)
+class StepLayout:
+    """Where a sharded step's inputs and outputs live (``parallel.sharded.step_layout``).
+
+    ``state``: a NamedSharding per state leaf; ``batch``: one sharding for every batch
+    array (a pytree prefix); ``constrain(x, logical_axes)``: the rules' activation
+    constraint, active while the step is traced (``parallel.rules.Rules.constrain``).
+    The metrics (scalars) come back replicated over ``mesh``.
+    """
+
+    mesh: Mesh
+    state: State
+    batch: Sharding
+    constrain: Callable[[jax.Array, tuple], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """A jitted train step and the optimizer whose state it carries (``build_step``)."""
+
+    jitted: Any  # jax.jit(step, donate_argnums=0, ...)
+    optimizer: optax.GradientTransformation
+    schedule: optax.Schedule
+    target_keys: tuple[str, ...]
+    layout: StepLayout | None = None
+
+    def __call__(self, state: State, batches: dict) -> tuple[State, dict]:
+        return self.jitted(state, batches)
+
+    def lower(self, state: Any, batches: Any) -> Any:
+        """``jax.jit(...).lower`` on arrays or (sharded) ShapeDtypeStructs."""
+        return self.jitted.lower(state, batches)
+
+    def init(self, params: Params, seed: int) -> State:
+        """The initial state around ``params`` (``init_state``), laid out as the step expects.
+
+        On a mesh, ``params`` already carry their shardings (``ModelFn.init(seed,
+        shardings)`` or the HF loader placed them) and the optimizer's moments follow them; ``device_put``
+        only replicates the scalars (step, counts, RNG) and moves nothing already placed.
+        """
+        state = init_state(params, self.optimizer, seed)
+        return state if self.layout is None else jax.device_put(state, self.layout.state)
+
+    def abstract_state(self, params: Any, seed: int = 0) -> State:
+        """ShapeDtypeStructs (with the layout's shardings) of ``init``'s output; allocates nothing."""
+        shapes = jax.eval_shape(lambda p: init_state(p, self.optimizer, seed), params)
+        if self.layout is None:
+            return shapes
+        return jax.tree.map(lambda s, h: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=h),
+                            shapes, self.layout.state)
+
+
+def build_step(objective: Objective, optimizer: optax.GradientTransformation,
+               schedule: optax.Schedule, *, layout: StepLayout | None = None,
+               compiler_options: dict[str, Any] | None = None) -> TrainStep:
+    """The jitted train step of ``objective`` under ``optimizer``; the state is donated.
+
+    Donation: the state's buffers are reused for the new state, so a state passed in is
+    consumed (the caller that keeps its params trains a copy; ``train.loop.run``'s
+    ``keep_params``). ``layout``: run on its mesh (state and batch shardings, metrics
+    replicated, activation constraints while tracing). ``compiler_options`` extend
+    ``step_compiler_options()`` (tests use cheaper XLA:CPU code generation).
+    """
+    gradient = objective.gradient
+    shardings: dict[str, Any] = {}
+    if layout is not None:
+        gradient = _constrained(objective.gradient, layout.constrain)
+        shardings = dict(in_shardings=(layout.state, layout.batch),
+                         out_shardings=(layout.state, replicated(layout.mesh)))
+    step = make_step(gradient, optimizer, schedule, target_keys=objective.target_keys)
+    jitted = jax.jit(step, donate_argnums=(0,),
+                     compiler_options={**step_compiler_options(), **(compiler_options or {})},
+                     **shardings)
+    return TrainStep(jitted, optimizer, schedule, objective.target_keys, layout)
+
+
+def _constrained(gradient: GradientFn, constrain: Callable[[jax.Array, tuple], jax.Array]
+                 ) -> GradientFn:
+    @functools.wraps(gradient)
+    def wrapped(params: Params, batches: dict) -> tuple[Params, dict]:
+        with activation_constraint(constrain):
+            return gradient(params, batches)
+
+    return wrapped
+
+
+def replicated(mesh: Any) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())

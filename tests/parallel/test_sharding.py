@@ -25,10 +25,12 @@ batch 8):
   (1, 8), bitwise, with the new layout; two more AdamW steps there match two more on
   the original mesh within 1e-5 relative (reduction order again).
 
-Compiles dominate the runtime, so each step is compiled once (module-scoped caches),
-concurrently, with cheaper XLA:CPU code generation (``FAST``): the SPMD partitioning
-under test happens before the backend, and both sides of each comparison use the
-same options.
+Every step comes from ``train.step.build_step`` (the jobs' builder), the sharded ones
+with ``parallel.sharded.step_layout``, and every state from ``TrainStep.init`` around
+``ModelFn.init(seed, shardings)``'s parameters (the jobs' init). Compiles dominate the runtime, so each
+step is compiled once (module-scoped caches), concurrently, with cheaper XLA:CPU code
+generation (``FAST``): the SPMD partitioning under test happens before the backend,
+and both sides of each comparison use the same options.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import functools
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -50,10 +53,10 @@ from seam_jax.parallel import sharded
 from seam_jax.parallel.mesh import DistributedConfig, MeshConfig, distributed_kwargs, make_mesh, resolve_sizes
 from seam_jax.parallel.plan import PlanConfig, StepSpec, plan_step
 from seam_jax.parallel.rules import ACTIVATION_AXES, PARAM_AXES, RULES, Rules, ShardingError
-from seam_jax.seam.objective import SeamHyper, seam_gradient, sft_gradient
+from seam_jax.seam.objective import SeamHyper
 from seam_jax.train.checkpoint import CheckpointConfig, Checkpointer
 from seam_jax.train.optim import OptimConfig
-from seam_jax.train.step import init_state, make_step
+from seam_jax.train.step import build_step, init_state, optimizer_for, seam_objective, sft_objective
 
 CFG = ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -66,7 +69,6 @@ RTOL = 1e-5
 # float32's resolution near 1: it only matters for metrics near 0, such as the cosine c
 # (-0.003 here), whose sharded and unsharded values differ by ~2e-8 absolutely.
 ATOL_METRIC = 1e-7
-SEAM_TARGETS = ("targets_adv", "targets_aln", "targets_bgn")
 HP = {"hessian_free": SeamHyper(beta=0.01, estimator="hessian_free", vmap=True),
       "exact_hvp": SeamHyper(beta=1.0, estimator="exact_hvp")}
 CASES = [("hessian_free", (8, 1, 1)), ("hessian_free", (1, 8, 1)), ("hessian_free", (2, 2, 2)),
@@ -83,10 +85,8 @@ def batches(kind: str, step: int = 0) -> dict:
     return {"train": b["adv"]} if kind == "sft" else b
 
 
-def gradient(kind: str):
-    if kind == "sft":
-        return (lambda p, b: sft_gradient(fn(), p, b, "train")), ("targets",)
-    return (lambda p, b: seam_gradient(fn(), p, b, HP[kind])), SEAM_TARGETS
+def objective(kind: str):
+    return sft_objective(fn()) if kind == "sft" else seam_objective(fn(), HP[kind])
 
 
 def rules_for(sizes: tuple[int, int, int]) -> Rules:
@@ -120,20 +120,16 @@ def init_params():
 
 
 def lower_reference(kind: str):
-    grad, targets = gradient(kind)
-    state = init_state(init_params(), SGD, 0)
-    return jax.jit(make_step(grad, SGD, SGD_SCHED, target_keys=targets)).lower(state, batches(kind))
+    step = build_step(objective(kind), SGD, SGD_SCHED)
+    return step.lower(step.abstract_state(fn().abstract_params), batches(kind)), None, step
 
 
 def lower_sharded(kind: str, sizes: tuple[int, int, int], optimizer=SGD, schedule=SGD_SCHED):
     rules = rules_for(sizes)
-    grad, targets = gradient(kind)
-    p_sh = sharded.param_shardings(fn(), rules)
-    abstract = sharded.abstract_state(fn(), optimizer, p_sh, rules.mesh)
-    st_sh = jax.tree.map(lambda s: s.sharding, abstract)
-    step = sharded.jit_train_step(grad, optimizer, schedule, target_keys=targets, rules=rules,
-                                  state_sh=st_sh, batch_sh=sharded.batch_sharding(rules, 8))
-    return step.lower(abstract, sharded.abstract_batches(batches(kind), rules)), rules, abstract
+    layout = sharded.step_layout(fn(), optimizer, rules, 8)
+    step = build_step(objective(kind), optimizer, schedule, layout=layout)
+    abstract = step.abstract_state(fn().abstract_params)
+    return step.lower(abstract, sharded.abstract_batches(batches(kind), rules)), rules, step
 
 
 ADAMW = OptimConfig(name="adamw", lr=1e-2, warmup_ratio=0.0, schedule="constant")
@@ -145,13 +141,11 @@ def compiled() -> dict:
     """Every step this module runs, lowered in turn and compiled concurrently.
 
     XLA compiles without the GIL, so the compiles share the cores (the runtime is
-    theirs); each key maps to (compiled, rules, abstract state).
+    theirs); each key maps to (compiled, rules, the ``TrainStep`` it was built as).
     """
-    from seam_jax.train.optim import make_optimizer
-
-    lowered = {("ref", k): (lower_reference(k), None, None) for k in {k for k, _ in CASES}}
+    lowered = {("ref", k): lower_reference(k) for k in {k for k, _ in CASES}}
     lowered.update({("sharded", k, m): lower_sharded(k, m) for k, m in CASES})
-    optimizer, schedule = make_optimizer(ADAMW, 10)
+    optimizer, schedule = optimizer_for(ADAMW, 10)
     lowered.update({("adamw", m): lower_sharded("sft", m, optimizer, schedule) for m in RESTORE_MESHES})
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         futures = {k: pool.submit(lo.compile, FAST) for k, (lo, _, _) in lowered.items()}
@@ -161,18 +155,20 @@ def compiled() -> dict:
 @functools.cache
 def reference(kind: str):
     """(initial params, params after one SGD step, metrics) on one device."""
-    new, m = compiled()[("ref", kind)][0](init_state(init_params(), SGD, 0), batches(kind))
+    # The step donates its state: it gets a copy of the cached init.
+    state = init_state(jax.tree.map(jnp.copy, init_params()), SGD, 0)
+    new, m = compiled()[("ref", kind)][0](state, batches(kind))
     return as_np(init_params()), as_np(new["params"]), jax.device_get(m)
 
 
 @pytest.mark.parametrize("kind,sizes", CASES, ids=[f"{k}-{'x'.join(map(str, s))}" for k, s in CASES])
 def test_sharded_step_equals_single_device(kind, sizes):
     p0, p1_ref, m_ref = reference(kind)
-    step, rules, abstract = compiled()[("sharded", kind, sizes)]
-    st_sh = jax.tree.map(lambda s: s.sharding, abstract)
-    p_sh = st_sh["params"]
+    step, rules, train_step = compiled()[("sharded", kind, sizes)]
+    p_sh = train_step.layout.state["params"]
 
-    state = sharded.shard_init_train_state(fn(), SGD, st_sh, 0)
+    state = train_step.init(fn().init(0, shardings=p_sh), 0)
+    assert jax.tree.map(lambda x: x.sharding, state) == train_step.layout.state
     # The sharded init draws the same numbers as the unsharded jitted one (partitionable threefry).
     jax.tree.map(np.testing.assert_array_equal, as_np(state["params"]), p0)
     new, m = step(state, sharded.global_batch(batches(kind), rules))
@@ -191,10 +187,11 @@ def test_sharded_step_equals_single_device(kind, sizes):
 def test_fsdp_shards_params_and_optimizer_state():
     rules = rules_for((1, 8, 1))
     optimizer = optax.adamw(1e-3)
-    p_sh = sharded.param_shardings(fn(), rules)
-    st_sh = jax.tree.map(lambda s: s.sharding, sharded.abstract_state(fn(), optimizer, p_sh, rules.mesh))
+    layout = sharded.step_layout(fn(), optimizer, rules, 8)
+    st_sh, p_sh = layout.state, layout.state["params"]
+    step = build_step(objective("sft"), optimizer, optax.constant_schedule(1e-3), layout=layout)
     # Params first (as a loaded model would come), then the optimizer state around them.
-    state = sharded.shard_init_state(sharded.shard_init(fn(), p_sh, 0), optimizer, st_sh, 0)
+    state = step.init(fn().init(0, shardings=p_sh), 0)
     assert jax.tree.map(lambda x: x.sharding, state) == st_sh
     for name in ("params", "opt_state"):
         per_device = sharded.bytes_per_device(state[name])
@@ -208,15 +205,13 @@ def test_fsdp_shards_params_and_optimizer_state():
 
 # ------------------------------------------------------------------ restore onto another mesh
 def adamw_step(sizes: tuple[int, int, int]):
-    """(optimizer, rules, abstract state, compiled AdamW SFT step) on mesh ``sizes``."""
-    from seam_jax.train.optim import make_optimizer
-
-    step, rules, abstract = compiled()[("adamw", sizes)]
-    return make_optimizer(ADAMW, 10)[0], rules, abstract, step
+    """(rules, the ``TrainStep``, compiled AdamW SFT step) on mesh ``sizes``."""
+    step, rules, train_step = compiled()[("adamw", sizes)]
+    return rules, train_step, step
 
 
 def run_steps(sizes, state, start: int, n: int):
-    _, rules, _, compiled = adamw_step(sizes)
+    rules, _, compiled = adamw_step(sizes)
     for s in range(start, start + n):
         state, m = compiled(state, sharded.global_batch(batches("sft", s), rules))
         assert int(m["skipped"]) == 0
@@ -226,9 +221,8 @@ def run_steps(sizes, state, start: int, n: int):
 @pytest.mark.parametrize("target", [(1, 4, 2), (1, 1, 8)], ids=["to-4x2", "to-1x8"])
 def test_checkpoint_restores_onto_another_mesh(tmp_path, target):
     source = (1, 2, 4)
-    optimizer, _, abstract_src, _ = adamw_step(source)
-    st_sh = jax.tree.map(lambda s: s.sharding, abstract_src)
-    state = sharded.shard_init_train_state(fn(), optimizer, st_sh, 0)
+    _, train_step, _ = adamw_step(source)
+    state = train_step.init(fn().init(0, shardings=train_step.layout.state["params"]), 0)
     state = run_steps(source, state, 0, 2)
     ckpt = Checkpointer(tmp_path / "ckpt", CheckpointConfig(every=1, keep=1, use_async=False))
     ckpt.save(2, state, {"step": 2}, force=True)
@@ -236,7 +230,8 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path, target):
     saved = as_np(state)
     want = as_np(run_steps(source, state, 2, 2)["params"])  # state is donated here
 
-    _, _, abstract_dst, _ = adamw_step(target)
+    _, train_dst, _ = adamw_step(target)
+    abstract_dst = train_dst.abstract_state(fn().abstract_params)
     step, restored, meta = ckpt.restore_latest(abstract_dst)
     ckpt.close()
     assert step == 2 and meta["step"] == 2
@@ -247,16 +242,12 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path, target):
 
 
 def test_training_setup_drives_the_training_loop(tmp_path):
-    """``sharded_training_setup`` as the SEAM job would use it: params placed by its
-    shardings, ``train.loop.run`` compiled with its jit arguments, and the checkpoint
-    restorable onto its state layout."""
-    from seam_jax.config import base_config
+    """``sharded_training_setup`` as the SEAM job uses it: params placed by its
+    shardings, ``train.loop.run`` with a step built on its layout, and the checkpoint
+    restorable onto that layout."""
     from seam_jax.train.loop import LoopConfig, run
 
-    c = base_config()
-    c.mesh.fsdp, c.mesh.tensor = -1, 2
-    c.data.batch_size, c.steps, c.optim.lr = 8, 2, 1e-2
-    setup = sharded.sharded_training_setup(c)
+    setup = sharded.sharded_training_setup(MeshConfig(fsdp=-1, tensor=2, use="on"), 8)
     assert dict(setup.mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 2}
     params = jax.device_put(fn().init(0), setup.param_shardings_fn(CFG))
 
@@ -266,18 +257,17 @@ def test_training_setup_drives_the_training_loop(tmp_path):
 
     loop = LoopConfig(steps=2, run_dir=tmp_path, progress=False,
                       checkpoint=CheckpointConfig(every=2, keep=1, use_async=False))
-    grad = setup.wrap_gradient(gradient("sft")[0])
-    state = run(params, grad, ("targets",), Source(), OptimConfig(**c.optim.to_dict()), loop,
-                jit_kwargs={**setup.jit_kwargs(fn()), "compiler_options": FAST})
+    optimizer, schedule = optimizer_for(OptimConfig(lr=1e-2), loop.steps)
+    step = build_step(objective("sft"), optimizer, schedule, layout=setup.layout(fn(), optimizer),
+                      compiler_options=FAST)
+    state = run(params, step, Source(), loop)
     assert int(state["step"]) == 2
-    state_sh = setup.state_shardings(fn())
-    assert jax.tree.map(lambda x: x.sharding, state) == state_sh
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            state, state_sh)
+    assert jax.tree.map(lambda x: x.sharding, state) == step.layout.state
+    abstract = step.abstract_state(fn().abstract_params)
     ckpt = Checkpointer(tmp_path / "checkpoints", CheckpointConfig())
-    step, restored, _ = ckpt.restore_latest(abstract)
+    step_no, restored, _ = ckpt.restore_latest(abstract)
     ckpt.close()
-    assert step == 2
+    assert step_no == 2
     jax.tree.map(np.testing.assert_array_equal, as_np(restored["params"]), as_np(state["params"]))
 
 

@@ -16,11 +16,11 @@ from safetensors.numpy import load_file
 
 import tiny
 from seam_jax.main import main
-from seam_jax.seam.objective import SeamHyper, seam_gradient, sft_gradient
+from seam_jax.seam.objective import SeamHyper, sft_gradient
 from seam_jax.train.checkpoint import CheckpointConfig, Checkpointer
 from seam_jax.train.loop import LoopConfig, TrainingDiverged, run
-from seam_jax.train.optim import OptimConfig, make_optimizer
-from seam_jax.train.step import init_state, make_step
+from seam_jax.train.optim import OptimConfig
+from seam_jax.train.step import Objective, build_step, optimizer_for, seam_objective, sft_objective
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DEBUG = [f"--config={REPO / 'configs/debug.py'}", "--config.eval.enabled=False"]
@@ -88,31 +88,29 @@ def test_missing_and_malformed_data_files_name_the_file_and_row(tmp_path, capsys
     assert "harmful.json" in err and "row 1" in err and "refusal" in err
 
 
-def _tiny_step(gradient_fn, lr=1e-2):
-    opt, sched = make_optimizer(OptimConfig(lr=lr, warmup_ratio=0.0), 10)
-    return opt, jax.jit(make_step(gradient_fn, opt, sched, target_keys=("targets",)))
+def _step(objective, optim=OptimConfig(lr=1e-3), steps=10):
+    return build_step(objective, *optimizer_for(optim, steps))
 
 
 def test_empty_loss_mask_skips_the_step_without_nan():
     fn = tiny.model()
     params = fn.init(0)
+    kept = jax.tree.map(np.array, params)  # the steps below donate their states
     batch = tiny.batch(0)
     batch["loss_mask"][:] = 0
-    opt, step = _tiny_step(lambda p, b: sft_gradient(fn, p, b))
-    state = init_state(params, opt, 0)
-    new, m = step(state, {"train": batch})
+    step = _step(sft_objective(fn), OptimConfig(lr=1e-2, warmup_ratio=0.0))
+    new, m = step(step.init(jax.tree.map(jnp.copy, params), 0), {"train": batch})
     assert int(m["skipped"]) == 1 and int(m["empty_mask"]) == 1
     assert np.isfinite(float(m["loss"]))
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(new["params"])):
+    for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(new["params"])):
         assert np.array_equal(a, b)
-    # The SEAM step too: zero norms must not give NaN directions.
-    hp = SeamHyper(beta=1.0)
-    opt2, step2 = (lambda o: (o[0], jax.jit(make_step(lambda p, b: seam_gradient(fn, p, b, hp), o[0], o[1],
-                                                          target_keys=("targets_adv",)))))(
-        make_optimizer(OptimConfig(), 10))
+    # The SEAM step too: zero norms must not give NaN directions. (Only the adversarial
+    # count is a target key here: the other batches keep their targets.)
+    seam = seam_objective(fn, SeamHyper(beta=1.0))
+    step2 = _step(Objective(seam.gradient, ("targets_adv",)), OptimConfig())
     batches = tiny.seam_batches(0)
     batches["adv"]["loss_mask"][:] = 0
-    _, m2 = step2(init_state(params, opt2, 0), batches)
+    _, m2 = step2(step2.init(jax.tree.map(jnp.copy, params), 0), batches)
     assert int(m2["skipped"]) == 1 and np.isfinite(float(m2["loss"]))
 
 
@@ -136,30 +134,31 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
 
     loop = LoopConfig(steps=10, run_dir=tmp_path, checkpoint=CheckpointConfig(every=2, keep=5),
                       progress=False)
+    step = _step(Objective(grad_fn, ("targets",)))
     with pytest.raises(TrainingDiverged, match="step 5.*last good checkpoint \\(step 4\\)"):
-        run(params, grad_fn, ("targets",), _Source(poison_at=5), OptimConfig(lr=1e-3), loop)
+        run(params, step, _Source(poison_at=5), loop, keep_params=True)
     ck = Checkpointer(tmp_path / "checkpoints", CheckpointConfig())
     assert ck.steps() == [2, 4]
     ck.close()
     # Restarting without the poison resumes from step 4 and finishes.
-    state = run(params, grad_fn, ("targets",), _Source(), OptimConfig(lr=1e-3), loop)
+    state = run(params, step, _Source(), loop)
     assert int(state["step"]) == 10
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     fn = tiny.model()
     params = fn.init(0)
-    grad_fn = lambda p, b: sft_gradient(fn, p, b)
+    step = _step(sft_objective(fn), steps=6)
     loop = LoopConfig(steps=6, run_dir=tmp_path, checkpoint=CheckpointConfig(every=2, keep=5),
                       progress=False)
-    ref = run(params, grad_fn, ("targets",), _Source(), OptimConfig(lr=1e-3), loop)
+    ref = run(params, step, _Source(), loop, keep_params=True)
     # Damage step 6: remove its array data (as a disk error or a partial copy would).
     latest = tmp_path / "checkpoints" / "6" / "state"
     for p in latest.iterdir():
         if p.is_dir():
             shutil.rmtree(p)
     loop.run_dir = tmp_path
-    state = run(params, grad_fn, ("targets",), _Source(), OptimConfig(lr=1e-3), loop)
+    state = run(params, step, _Source(), loop)
     assert "cannot be read" in caplog.text and "step 6" in caplog.text
     # It resumed from step 4 and redid steps 5-6: the same result as the first run.
     for a, b in zip(jax.tree.leaves(ref["params"]), jax.tree.leaves(state["params"])):
