@@ -51,7 +51,7 @@ def parse(argv: Sequence[str]) -> Any:
         config = holder.value
         config.job  # a config file that failed to load raises only when read
     except flags.Error as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(_config_file_error(e) or str(e)) from None
     except (KeyError, AttributeError, TypeError, ValueError) as e:
         # ml_collections reports an unknown field as KeyError("... Did you mean ..."),
         # a locked dict as AttributeError, a wrong type as TypeError.
@@ -66,6 +66,24 @@ def parse(argv: Sequence[str]) -> Any:
     return config
 
 
+def _config_file_error(e: BaseException) -> str | None:
+    """The one line of an error that a config file's ``get_config`` raised (an unknown
+    ``:variant``, say); ml_collections wraps it with its traceback in the flag's error."""
+    if "Error whilst parsing config file" not in str(e):
+        return None
+    inner = e
+    while inner.__context__ is not None:
+        inner = inner.__context__
+    if inner is e or "Traceback" in str(inner):
+        return None
+    from seam_jax.errors import SeamError
+
+    msg = str(inner).replace("\n", " ")
+    if type(inner) is ValueError or isinstance(inner, SeamError):
+        return msg
+    return f"{type(inner).__name__}: {msg}"
+
+
 def run_config(c: Any) -> Any:
     """Run the job a config names and return its result (tests call this directly)."""
     from seam_jax.config import validate
@@ -78,30 +96,85 @@ def run_config(c: Any) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    verbose = "--verbose" in argv[1:]
+    argv = [argv[0], *(a for a in argv[1:] if a != "--verbose")]
     setup_logging()
     from seam_jax.errors import SeamError
 
     try:
         c = parse(argv)
+        from seam_jax.config import validate
+
+        validate(c)  # every field, before the devices, the model or a compile
         from seam_jax.jobs.sharding import setup_distributed
 
         setup_distributed(c)  # multi-host jobs only; before anything touches the devices
         t0 = time.time()
         result = run_config(c)
-    except UsageError as e:
-        return _fail(str(e))
-    except (SeamError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except UsageError as e:  # the command line itself: a traceback would show only ours
+        return _fail(str(e), verbose, hint=False)
+    except (SeamError, ValueError, OSError) as e:
         # A bug would surface as another exception type, with its traceback.
-        return _fail(f"{type(e).__name__}: {e}")
+        return _fail(_one_line(e), verbose)
+    except Exception as e:
+        line = _library_error(e)
+        if line is None:
+            raise
+        return _fail(line, verbose)
     from seam_jax.jobs.summary import summary_text
 
     print(summary_text(c, result, time.time() - t0), flush=True)  # stdout holds only this
     return 0
 
 
-def _fail(msg: str) -> int:
-    print(f"seam_jax: error: {msg}", file=sys.stderr)
+def _fail(msg: str, verbose: bool = False, hint: bool = True) -> int:
+    """One line on stderr (the traceback first with ``--verbose``); exit code 2."""
+    if verbose:
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+    hint = " (rerun with --verbose for the traceback)" if hint and not verbose else ""
+    print(f"seam_jax: error: {msg}{hint}", file=sys.stderr)
     return 2
+
+
+def _one_line(e: BaseException) -> str:
+    """``e`` as one line: its type, what is wrong and, for OS errors, the likely fix."""
+    import json
+
+    if isinstance(e, json.JSONDecodeError):
+        # Reading code that knows the file wraps this in a CorruptFileError; this is the rest.
+        return (f"a JSON file is corrupt ({e.msg} at line {e.lineno} column {e.colno}); "
+                f"rerun with --verbose to see which, then delete or restore it")
+    if isinstance(e, OSError) and not isinstance(e, (FileNotFoundError, FileExistsError)) \
+            and e.strerror:
+        import errno
+
+        where = f": {e.filename}" if e.filename else ""
+        fix = {
+            errno.EROFS: "the file system is read-only: choose a writable --config.run_dir "
+                         "(and export.dir)",
+            errno.EACCES: "no permission: choose a --config.run_dir (and export.dir) you can "
+                          "write, or fix its permissions",
+            errno.EPERM: "not permitted: choose a --config.run_dir (and export.dir) you can write",
+            errno.ENOSPC: "the disk is full: free space, or choose a --config.run_dir "
+                          "(and export.dir) on another disk",
+            errno.EDQUOT: "the disk quota is exceeded: free space or choose another disk",
+        }.get(e.errno, "check the path and the disk")
+        return f"{type(e).__name__}: {e.strerror}{where}; {fix}"
+    return f"{type(e).__name__}: {str(e).replace(chr(10), ' ')}"
+
+
+def _library_error(e: BaseException) -> str | None:
+    """One line for the libraries' errors that mean a bad file rather than a bug."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover - safetensors is a dependency
+        return None
+    if isinstance(e, SafetensorError):
+        return (f"SafetensorError: {e}; a .safetensors file is truncated or corrupt: "
+                f"re-download or re-export the model")
+    return None
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -16,6 +16,7 @@ from typing import Any
 
 import ml_collections as mlc
 
+from seam_jax.errors import read_json
 from seam_jax import config as config_lib
 from seam_jax.eval.behaviour import behaviour
 from seam_jax.eval.report import behaviour_table
@@ -72,7 +73,7 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
     before_file = run_dir / "eval_before.json"
     if evaluate:
         if before_file.is_file():
-            before = json.loads(before_file.read_text())
+            before = read_json(before_file)  # a corrupt one is named, not a bare JSONDecodeError
         else:
             log.info("measuring the base model on %d held-out harmful prompts", len(held_out))
             before = check(m.params)

@@ -20,7 +20,8 @@ def distributed_config(c: mlc.ConfigDict) -> DistributedConfig:
     d = c.distributed
     return DistributedConfig(mode=str(d.mode), coordinator_address=str(d.coordinator_address),
                              num_processes=int(d.num_processes), process_id=int(d.process_id),
-                             local_device_ids=str(d.local_device_ids))
+                             local_device_ids=str(d.local_device_ids),
+                             init_timeout=float(d.init_timeout))
 
 
 def setup_distributed(c: mlc.ConfigDict) -> bool:

@@ -99,6 +99,7 @@ class DistributedConfig:
     num_processes: int = 0
     process_id: int = -1
     local_device_ids: str = ""  # comma-separated, for one process per GPU on a host
+    init_timeout: float = 60.0  # seconds for the coordinator and every process to join
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "on", "off"):
@@ -158,7 +159,82 @@ def initialize_distributed(cfg: DistributedConfig) -> bool:
         return False
     log.info("jax.distributed.initialize(%s) [%s]", kw or "auto-detect",
              multiprocess_environment() or "explicit")
-    jax.distributed.initialize(**kw)
+    _initialize_within(kw, float(cfg.init_timeout))
     log.info("process %d of %d; %d local and %d global devices", jax.process_index(),
              jax.process_count(), jax.local_device_count(), jax.device_count())
     return True
+
+
+def _initialize_within(kw: dict[str, Any], timeout: float) -> None:
+    """``jax.distributed.initialize(**kw)``, failing within ``timeout`` seconds with one line.
+
+    JAX's own timeout aborts the process (SIGABRT and a C++ stack trace) after 300 s by
+    default. So a process other than the coordinator first waits, in Python, until the
+    coordinator's port accepts a connection (DistributedError naming the address if it
+    never does); then a watchdog prints one line and exits with code 2 shortly before
+    JAX's deadline, if the other processes never join.
+    """
+    import sys
+    import threading
+    import time
+
+    from seam_jax.errors import DistributedError
+
+    address = kw.get("coordinator_address")
+    where = f"the coordinator at {address}" if address else "the auto-detected coordinator"
+    deadline = time.monotonic() + timeout
+    if address and kw.get("process_id", 0) != 0:
+        _wait_for_port(address, deadline, timeout)
+    remaining = max(deadline - time.monotonic(), 1.0)
+    line = (f"seam_jax: error: {where} did not bring up all "
+            f"{kw.get('num_processes', 'the')} processes within {timeout:g} s "
+            f"(distributed.init_timeout): start every process, check "
+            f"distributed.coordinator_address (or JAX_COORDINATOR_ADDRESS), or raise the timeout")
+
+    def give_up() -> None:  # runs while initialize blocks in C++, which releases the GIL
+        print(line, file=sys.stderr, flush=True)
+        os._exit(2)
+
+    watchdog = threading.Timer(remaining, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        # JAX's deadline a little after ours, so that the watchdog speaks first.
+        jax.distributed.initialize(**kw, initialization_timeout=int(remaining) + 10)
+    except Exception as e:  # a bad address string, a port in use, a second initialize, ...
+        raise DistributedError(f"jax.distributed.initialize with {where} failed: "
+                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    finally:
+        watchdog.cancel()
+
+
+def _wait_for_port(address: str, deadline: float, timeout: float) -> None:
+    """Return once ``address`` ("host:port") accepts a TCP connection; DistributedError
+    naming it if it does not before ``deadline`` (``time.monotonic`` seconds)."""
+    import socket
+    import time
+
+    from seam_jax.errors import DistributedError
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port_number = int(port)
+    except ValueError:
+        raise ConfigError(f"distributed.coordinator_address={address!r}; give host:port") from None
+    last: OSError | None = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            with socket.create_connection((host, port_number), timeout=min(left, 2.0)):
+                return
+        except OSError as e:
+            last = e
+            time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
+    why = f" ({last.strerror or last})" if last is not None else ""
+    raise DistributedError(
+        f"cannot reach the coordinator at {address} within {timeout:g} s{why}: start process 0 "
+        f"there first, check distributed.coordinator_address (or JAX_COORDINATOR_ADDRESS), or "
+        f"raise distributed.init_timeout")
