@@ -21,6 +21,10 @@ TINY = {
                           high_freq_factor=4.0, original_max_position_embeddings=256))),
     "qwen2_bias": ("Qwen2Config", dict(num_key_value_heads=2)),
     "mistral": ("MistralConfig", dict(num_key_value_heads=2, sliding_window=None)),
+    "mistral_window": ("MistralConfig", dict(num_key_value_heads=2, sliding_window=48)),
+    # Layer 0 full, layer 1 through a 64-token window (layers i >= max_window_layers).
+    "qwen2_window": ("Qwen2Config", dict(num_key_value_heads=2, use_sliding_window=True,
+                                         sliding_window=64, max_window_layers=1)),
 }
 
 BASE = dict(vocab_size=384, hidden_size=64, intermediate_size=112, num_hidden_layers=2,

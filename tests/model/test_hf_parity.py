@@ -187,3 +187,30 @@ def test_num_params_counts_the_parameter_tree(kw):
     cfg = preset("debug").replace(**kw)
     tree = ModelFn(cfg).abstract_params
     assert cfg.num_params() == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def test_windowed_greedy_decoding_matches_transformers(tmp_path):
+    """The KV-cache decode path windows the same layers: Qwen2 with a 16-token window on
+    layer 1 only, prompts up to 40 tokens and 24 new ones (so the window cuts)."""
+    import transformers
+
+    from seam_jax.model.api import ModelFn
+    from seam_jax.model.generate import generate, left_pad
+
+    hf_cfg = transformers.Qwen2Config(**{**hf_models.BASE, "num_key_value_heads": 2,
+                                         "use_sliding_window": True, "sliding_window": 16,
+                                         "max_window_layers": 1})
+    model = hf_models.build_from_config(hf_cfg, seed=1)
+    cfg, params, _ = load_hf(hf_models.save(model, tmp_path / "m"))
+    assert cfg.layer_windows() == (0, 16)
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(3, 384, n).tolist() for n in (5, 17, 40)]
+    ours = generate(ModelFn(cfg), params, prompts, max_new_tokens=24, eos_token_id=None,
+                    pad_token_id=0, bucket=8)
+    ids, mask = left_pad(prompts, 0, bucket=1)
+    with torch.no_grad():
+        ref = model.generate(input_ids=torch.tensor(ids, dtype=torch.long),
+                             attention_mask=torch.tensor(mask, dtype=torch.long),
+                             max_new_tokens=24, do_sample=False, pad_token_id=0,
+                             eos_token_id=None)
+    assert ours == ref[:, ids.shape[1]:].numpy().tolist()
