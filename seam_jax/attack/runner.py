@@ -58,13 +58,13 @@ def load_checkpoint(source: str | pathlib.Path, c: Any) -> LoadedModel:
     elif (path / "defended-hf" / "config.json").is_file():
         hf_dir = path / "defended-hf"
     elif (path / "checkpoints").is_dir():
-        from seam_jax.jobs.convert import restore_params
+        from seam_jax.train.checkpoint import restore_params
 
         m = load_model(c)
-        shadow = c.copy_and_resolve_references()
-        with shadow.unlocked():
-            shadow.export.source = str(path)
-        return dataclasses.replace(m, params=restore_params(shadow, m.params))
+        _, params = restore_params(path / "checkpoints", m.params, hint=(
+            f"set model.source (and model.param_dtype) to what the run was trained with "
+            f"(model.source={c.model.source} gives the arrays wanted here)"))
+        return dataclasses.replace(m, params=params)
     else:
         raise ConfigError(f"checkpoint {path} not found: give an HF directory (with config.json) "
                           f"or a seam_jax run directory (with defended-hf/ or checkpoints/)")
