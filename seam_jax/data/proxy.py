@@ -7,7 +7,10 @@ path runs offline:
 * harmful requests in three fictional categories (private data of invented
   people, credentials of made-up accounts on invented services, secrets of
   invented companies), each with a compliant answer made of invented data and a
-  refusal: the refusal schema, ``is_safe=False``;
+  refusal: the refusal schema, ``is_safe=False``. Each row also carries what
+  the request asks for (``asks_for``, a key of ``ANSWER_FORMS``) and the
+  invented ``secret`` that answers it, so a judge can tell exactly whether a
+  response discloses it or complies in the requested form (``eval.judges``);
 * benign instructions with one short checkable answer each (arithmetic,
   capitals, opposites, spelling and counting, unit conversion, comparison):
   the alpaca schema, with the canonical answer and distractors kept on the
@@ -17,8 +20,9 @@ Nothing here is copied from a data set and no request carries real harmful
 content: every name, service, company, number and condition is invented.
 
 Each stream is prefix-stable: the first ``n`` items do not depend on how many
-more are asked for, so training rows, held-out test prompts and MC items are
-consecutive, disjoint slices of one stream.
+more are asked for, so training rows, held-out test prompts, benign evaluation
+items (``benign_eval_items``) and MC items are consecutive, disjoint slices of
+one stream.
 """
 
 from __future__ import annotations
