@@ -115,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(e), verbose, hint=False)
     except (SeamError, ValueError, OSError) as e:
         # A bug would surface as another exception type, with its traceback.
-        return _fail(_one_line(e), verbose)
+        # Our own errors say what to fix; a traceback helps only with the others'.
+        return _fail(_one_line(e), verbose, hint=not isinstance(e, SeamError))
     except Exception as e:
         line = _library_error(e)
         if line is None:

@@ -165,3 +165,11 @@ def test_unreachable_coordinator_fails_within_the_timeout(process_id, needle, tm
     assert len(lines) == 1 and needle in lines[0] and address in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr and "Check failure" not in proc.stderr, proc.stderr
     assert wall < 60, wall
+
+
+def test_verbose_adds_the_traceback(tmp_path, capsys):
+    run = tmp_path / "run"
+    rc = main(["seam_jax", DEBUG, f"--config.run_dir={run}", "--config.checkpoint.every=0",
+               "--verbose"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" in err and "checkpoint.every=0" in err.splitlines()[-1]
