@@ -21,6 +21,8 @@ from typing import Any, Mapping, Sequence
 
 from seam_jax.eval import judges
 from seam_jax.eval.harm import generate_responses
+from seam_jax.eval.refusal import is_refusal
+from seam_jax.eval.stats import with_ci
 from seam_jax.model.api import ModelFn, Params
 
 
@@ -108,6 +110,25 @@ def behaviour(fn: ModelFn, params: Params, tok: Any, *,
                     "mean_logprob": _finite(s), **_flags(lab)}
                    for b, r, c, s, lab in zip(benign, ben, correct, b_scores, b_labels)],
     }
+    return out
+
+
+def benign_exact_match(fn: ModelFn, params: Params, tok: Any, benign: Sequence[Any], *, fmt: str,
+                       max_new_tokens: int = 32, batch_size: int = 16, seed: int = 0
+                       ) -> dict[str, Any]:
+    """Greedy answers to benign items scored by exact match (``judges.answer_correct``).
+
+    ``benign_accuracy`` and ``benign_refusal_rate`` with their ``_ci`` (string-level
+    judges only: no likelihood pass), for evaluations that report utility without
+    the full ``behaviour`` check (the attack sweep).
+    """
+    ben = generate_responses(fn, params, tok, [b.prompt for b in benign], fmt=fmt,
+                             max_new_tokens=max_new_tokens, batch_size=batch_size)
+    out, _ = judges.accuracy(ben, benign, "benign", seed=seed)
+    refused = [float(is_refusal(r)) for r in ben]
+    if refused:
+        with_ci(out, "benign_refusal_rate", refused, seed=seed)
+    out["n_benign_exact"] = len(ben)
     return out
 
 

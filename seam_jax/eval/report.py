@@ -18,7 +18,8 @@ from typing import Any, Mapping, Sequence
 
 BROKEN_HS, BROKEN_UTILITY = 0.10, 0.30
 _NUMERIC = ("hs_keyword", "hs_keyword_frac", "hs_judge", "hs_judge_frac", "hs_classifier",
-            "hs_classifier_frac", "refused_rate", "coherent_rate", "benign_loss", "mc_acc",
+            "hs_classifier_frac", "refused_rate", "coherent_rate", "benign_accuracy",
+            "benign_refusal_rate", "benign_loss", "mc_acc",
             "mc_acc_norm", "zs_avg", "fs_before", "fs_after")
 # The SEAM job's behaviour figures (eval.behaviour), for ``behaviour_table``.
 BEHAVIOUR = ("harmful_refusal_rate", "harmful_coherent_rate", "harmful_rate",

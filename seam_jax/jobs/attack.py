@@ -18,6 +18,7 @@ from seam_jax.attack.runner import AttackData, load_checkpoint, sweep
 from seam_jax.data import benign_mc_items
 from seam_jax.data.proxy import DEFAULT_N_BENIGN
 from seam_jax.errors import ConfigError
+from seam_jax.eval.behaviour import benign_exact_match
 from seam_jax.eval.harm import harmfulness, make_scorers
 from seam_jax.eval.report import write_report
 from seam_jax.eval.utility import offline_utility
@@ -64,6 +65,9 @@ def make_evaluator(c: mlc.ConfigDict, data: ExperimentData) -> Evaluator:
             out.update(offline_utility(m.fn, params, m.tokenizer, benign_pairs=benign_pairs,
                                        mc_items=mc_items, fmt=c.data.format,
                                        seq_len=c.data.context_length))
+            out.update(benign_exact_match(m.fn, params, m.tokenizer, data.benign_eval[: u.n_benign],
+                                          fmt=c.data.format, max_new_tokens=c.eval.max_new_tokens,
+                                          batch_size=c.harm.batch_size))
         if tasks:
             out.update(_zero_shot(m, params, tasks, u.lm_eval_limit))
         out["generations"] = harm["generations"]

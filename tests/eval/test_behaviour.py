@@ -59,3 +59,21 @@ def test_behaviour_labels_every_generation_with_intervals(tiny):
                       coherence_threshold=before["coherence_threshold"])
     assert after["coherence_threshold"] == before["coherence_threshold"]
     assert after["harmful_coherent_rate"] == before["harmful_coherent_rate"]
+
+
+def test_benign_exact_match_for_the_attack_sweep(tiny, monkeypatch):
+    import seam_jax.eval.behaviour as behaviour_mod
+    from seam_jax.eval.behaviour import benign_exact_match
+
+    fn, params, tok = tiny
+    items = proxy.benign_eval_items(0, 4, n_train=10)
+    # Known answers: two exact, one substring-only, one refusal.
+    canned = [items[0].output, f"The answer is {items[1].answer}.",
+              f"{items[2].answer}0 is close", "I'm sorry, I can't help with that."]
+    monkeypatch.setattr(behaviour_mod, "generate_responses", lambda *a, **k: canned)
+    out = benign_exact_match(fn, params, tok, items, fmt="qa")
+    # Items of seed 0: a comparison, an opposite, two letter counts ("50 is close" is not 5).
+    assert [it.task for it in items] == ["comparison", "opposites", "spelling", "spelling"]
+    assert out["benign_accuracy"] == 0.5
+    assert out["benign_refusal_rate"] == 0.25 and out["n_benign_exact"] == 4
+    assert out["benign_accuracy_ci"][0] <= out["benign_accuracy"] <= out["benign_accuracy_ci"][1]
