@@ -159,9 +159,18 @@ def validate(c: mlc.ConfigDict) -> None:
     if c.job == "seam" and c.eval.enabled:
         _at_least(c, "eval.n_prompts", 1, "measure on at least one prompt, or set "
                   "--config.eval.enabled=False")
+    if c.job == "seam" and c.eval.enabled:
+        _at_least(c, "eval.max_new_tokens", 1, "decode at least one token per prompt")
     if c.job in ("attack", "experiment"):
         _at_least(c, "harm.n_prompts", 1, "score at least one prompt")
+        _at_least(c, "harm.max_new_tokens", 1, "decode at least one token per prompt")
         _positive(c, "attack.epochs", "train each attack for a positive number of epochs")
+        _at_least(c, "attack.batch_size", 1, "train each attack on batches of N >= 1 rows")
+        _at_least(c, "attack.checkpoint_every", 1, "save an attack's checkpoint every N >= 1 steps")
+        _at_least(c, "attack.lora_rank", 1, "give LoRA a rank of at least 1")
+    if c.job == "generate":
+        _at_least(c, "generate.max_new_tokens", 1, "decode at least one token per prompt")
+        _at_least(c, "generate.batch_size", 1, "decode batches of N >= 1 prompts")
     _positive(c, "distributed.init_timeout",
               "wait a positive number of seconds for the other processes")
     _validate_export(c)

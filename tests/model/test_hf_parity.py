@@ -129,22 +129,25 @@ def test_qwen2_windows_only_the_layers_transformers_windows(tmp_path):
     assert wrong > 1e-2, wrong
 
 
-def test_qwen2_window_fields_survive_export(tmp_path):
+@pytest.mark.parametrize("first_windowed", [0, 1])
+def test_qwen2_window_fields_survive_export(first_windowed, tmp_path):
     """The export writes use_sliding_window, sliding_window, max_window_layers and
-    layer_types back: transformers reloads the same model, seam_jax the same config."""
+    layer_types back: transformers reloads the same model, seam_jax the same config.
+    (Before, the export dropped them, so even max_window_layers=0 came back unwindowed.)"""
     import json
 
     import transformers
 
     from seam_jax.hf.export import export_hf
 
-    model, path = _windowed_qwen2(tmp_path)
+    model, path = _windowed_qwen2(tmp_path, max_window_layers=first_windowed)
     cfg, params, _ = load_hf(path)
     out = export_hf(params, cfg, tmp_path / "exported")
     written = json.loads((out / "config.json").read_text())
     assert written["use_sliding_window"] is True and written["sliding_window"] == 64
-    assert written["max_window_layers"] == 1
-    assert written["layer_types"] == ["full_attention", "sliding_attention", "sliding_attention"]
+    assert written["max_window_layers"] == first_windowed
+    assert written["layer_types"] == (["full_attention"] * first_windowed
+                                      + ["sliding_attention"] * (3 - first_windowed))
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager")
     ids = torch.randint(0, 211, (2, 200))
     with torch.no_grad():
