@@ -120,8 +120,10 @@ def test_not_a_sequence_classifier(tmp_path):
 
 
 def test_missing_classifier_and_unknown_scorer(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        ClassifierScorer(str(tmp_path / "none"), allow_hub=False)  # a path, not a hub id
     with pytest.raises(ConfigError, match="hub is disabled"):
-        ClassifierScorer(str(tmp_path / "none"), allow_hub=False)
+        ClassifierScorer("someone/some-classifier", allow_hub=False)
     with pytest.raises(ConfigError, match="cannot read"):
         ClassifierScorer(str(tmp_path), allow_hub=False)  # a directory without config.json
     with pytest.raises(ConfigError, match="unknown harm scorer"):
