@@ -99,23 +99,22 @@ def case_jax(a: dict) -> dict:
     import jax
 
     from seam_jax.seam.lens import projected_rows
-    from seam_jax.seam.objective import SeamHyper, seam_gradient, sft_gradient
+    from seam_jax.seam.objective import SeamHyper
     from seam_jax.train.optim import OptimConfig, make_optimizer
-    from seam_jax.train.step import init_state, make_step, step_compiler_options
+    from seam_jax.train.step import Objective, build_step, init_state, seam_objective, sft_objective
 
     cfg, fn, params = _jax_model(a)
     batches = _batches(cfg.vocab_size, a["batch"], a["seq"])
     opt, sched = make_optimizer(OptimConfig(lr=1e-5, warmup_ratio=0.0), 1000)
     kind = a["kind"]
     if kind == "sft":
-        grad_fn, keys = (lambda p, b: sft_gradient(fn, p, b)), ("targets",)
+        objective = sft_objective(fn)
     else:
         hp = SeamHyper(beta=0.01, eps=1e-3, estimator="exact_hvp" if kind == "seam_exact" else "hessian_free",
                        vmap=kind != "seam_seq", fused_lens=a.get("fused_lens", True),
                        sd_remat=a["sd_remat"])
-        grad_fn, keys = (lambda p, b: seam_gradient(fn, p, b, hp)), ("targets_adv",)
-    step = jax.jit(make_step(grad_fn, opt, sched, target_keys=keys), donate_argnums=(0,),
-                   compiler_options=step_compiler_options())
+        objective = Objective(seam_objective(fn, hp).gradient, ("targets_adv",))
+    step = build_step(objective, opt, sched)  # the jobs' step: donated state, the same options
     state = init_state(params, opt, 0)
     del params
     jax.block_until_ready(state)

@@ -24,6 +24,7 @@ import functools
 import math
 from typing import Any, Callable
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,11 +107,12 @@ def make_step(gradient_fn: GradientFn, optimizer: optax.GradientTransformation,
     """Wrap ``gradient_fn(params, batches) -> (grads, metrics)`` into an (unjitted) train step.
 
     ``target_keys``: metric names holding target-token counts; a zero count skips the step.
-    Jit it with ``build_step``.
+    Jit it with ``build_step``. Its boundary is shape-checked (``check_step_boundary``).
     """
 
     def step(state: State, batches: dict) -> tuple[State, dict]:
         grads, m = gradient_fn(state["params"], batches)
+        check_step_boundary(state["params"], batches, grads, m, target_keys)
         count = _count_of(state["opt_state"])
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
@@ -129,6 +131,23 @@ def make_step(gradient_fn: GradientFn, optimizer: optax.GradientTransformation,
         return new_state, m
 
     return step
+
+
+def check_step_boundary(params: Params, batches: dict, grads: Params, metrics: dict,
+                        target_keys: tuple[str, ...]) -> None:
+    """chex checks of a step's inputs and its gradient function's outputs.
+
+    Every batch (a dict with ``input_ids``) is [B, T] with masks of the same shape; the
+    gradient has the parameters' tree and shapes; the loss and the target counts are
+    scalars. On static shapes, so under jit they run once, while tracing.
+    """
+    for b in batches.values():
+        if isinstance(b, dict) and "input_ids" in b:
+            chex.assert_rank(b["input_ids"], 2)
+            chex.assert_equal_shape([b[k] for k in ("input_ids", "attention_mask", "loss_mask")
+                                     if k in b])
+    chex.assert_trees_all_equal_shapes(grads, params)
+    chex.assert_rank([metrics["loss"], *(metrics[k] for k in target_keys)], 0)
 
 
 # XLA:CPU's default scheduler runs the SEAM step's independent gradient evaluations in
