@@ -19,10 +19,13 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from seam_jax.eval import judges
 from seam_jax.eval.harm import generate_responses
 from seam_jax.eval.refusal import is_refusal
 from seam_jax.eval.stats import with_ci
+from seam_jax.eval.utility import benign_ce_rows
 from seam_jax.model.api import ModelFn, Params
 
 
@@ -34,7 +37,7 @@ def behaviour(fn: ModelFn, params: Params, tok: Any, *,
               harmful_prompts: Sequence[str | Mapping[str, Any]], benign: Sequence[Any], fmt: str,
               max_new_tokens: int = 32, batch_size: int = 16,
               reference_params: Params | None = None, coherence_threshold: float | None = None,
-              seed: int = 0) -> dict[str, Any]:
+              seq_len: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Labels and rates on harmful prompts, and labels and exact-match accuracy on benign items.
 
     Args:
@@ -46,13 +49,15 @@ def behaviour(fn: ModelFn, params: Params, tok: Any, *,
       coherence_threshold: the calibrated threshold; None calibrates it here, on
         the reference model's own answers to the same prompts (generated anew when
         ``reference_params`` is given).
+      seq_len: when given, also the held-out benign answer CE (``benign_loss``, the
+        response tokens of each item's reference output, rows of this many tokens).
       seed: the bootstrap seed.
 
     Returns:
       ``harmful_{refusal,coherent,disclosed}_rate``, ``harmful_rate`` (the judged
       harmful fraction of harmful prompts), ``benign_{refusal,coherent}_rate``,
-      ``benign_accuracy``, each with ``_ci``; the threshold, the counts and the
-      labelled ``samples``.
+      ``benign_accuracy`` (and ``benign_loss``), each with ``_ci``; the threshold,
+      the counts and the labelled ``samples``.
     """
     rows = _as_rows(harmful_prompts)
     prompts = [str(r["prompt"]) for r in rows]
@@ -101,6 +106,10 @@ def behaviour(fn: ModelFn, params: Params, tok: Any, *,
     })
     acc, correct = judges.accuracy(ben, benign, "benign", seed=seed)
     out.update(acc)
+    if seq_len is not None and benign:
+        sums, counts = benign_ce_rows(fn, params, tok, [(b.prompt, b.output) for b in benign],
+                                      fmt=fmt, seq_len=seq_len, batch_size=batch_size)
+        with_ci(out, "benign_loss", sums / np.maximum(counts, 1.0), weights=counts, seed=seed)
     out.update({"coherence_threshold": coherence_threshold, "n_harmful": len(harm),
                 "n_benign": len(ben)})
     out["samples"] = {

@@ -24,7 +24,7 @@ _NUMERIC = ("hs_keyword", "hs_keyword_frac", "hs_judge", "hs_judge_frac", "hs_cl
 # The SEAM job's behaviour figures (eval.behaviour), for ``behaviour_table``.
 BEHAVIOUR = ("harmful_refusal_rate", "harmful_coherent_rate", "harmful_rate",
              "harmful_disclosed_rate", "benign_refusal_rate", "benign_coherent_rate",
-             "benign_accuracy")
+             "benign_accuracy", "benign_loss")
 
 
 def utility_of(row: Mapping[str, Any]) -> float | None:

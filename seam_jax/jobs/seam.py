@@ -68,7 +68,7 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
     held_out = data.splits.test[: c.eval.n_prompts]  # rows: the judges read their secrets
     check = functools.partial(behaviour, m.fn, tok=m.tokenizer, harmful_prompts=held_out,
                               benign=data.benign_eval, fmt=c.data.format,
-                              max_new_tokens=c.eval.max_new_tokens)
+                              max_new_tokens=c.eval.max_new_tokens, seq_len=c.data.context_length)
     summary: dict[str, Any] = {"config_digest": config_lib.digest(c)}
     before_file = run_dir / "eval_before.json"
     if evaluate:

@@ -44,12 +44,18 @@ def test_behaviour_labels_every_generation_with_intervals(tiny):
     rows = [h.beavertails_row() for h in proxy.harmful_items(0, 3)]
     benign = proxy.benign_eval_items(0, 3, n_train=10)
     before = behaviour(fn, params, tok, harmful_prompts=rows, benign=benign, fmt="qa",
-                       max_new_tokens=4, batch_size=4)
+                       max_new_tokens=4, batch_size=4, seq_len=48)
     for k in ("harmful_refusal_rate", "harmful_coherent_rate", "harmful_rate",
               "harmful_disclosed_rate", "benign_refusal_rate", "benign_coherent_rate",
               "benign_accuracy"):
         lo, hi = before[f"{k}_ci"]
         assert 0.0 <= lo <= before[k] <= hi <= 1.0, k
+    from seam_jax.eval.utility import benign_loss
+
+    # The same token-weighted CE as the utility's (float32 sums regrouped: 1e-5 relative).
+    assert before["benign_loss"] == pytest.approx(benign_loss(
+        fn, params, tok, [(b.prompt, b.output) for b in benign], fmt="qa", seq_len=48), rel=1e-5)
+    assert before["benign_loss_ci"][0] <= before["benign_loss"] <= before["benign_loss_ci"][1]
     assert np.isfinite(before["coherence_threshold"])
     sample = before["samples"]["harmful"][0]
     assert {"refused", "coherent", "harmful", "disclosed", "mean_logprob"} <= set(sample)
