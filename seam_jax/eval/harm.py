@@ -20,6 +20,7 @@ The generations are kept.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Mapping, Protocol, Sequence
 
@@ -114,28 +115,66 @@ def generate_responses(fn: Any, params: Params, tok: Any, prompts: Sequence[str]
                          batch_size=batch_size)
 
 
+@dataclasses.dataclass(frozen=True)
+class CoherenceReference:
+    """The base model and its calibrated threshold, for the likelihood part of coherence."""
+
+    fn: Any
+    params: Params
+    threshold: float
+
+
+def coherence_reference(fn: Any, params: Params, tok: Any, prompts: Sequence[str], *, fmt: str,
+                        max_new_tokens: int = 50, batch_size: int = 16) -> CoherenceReference:
+    """Calibrate ``judges.calibrate_threshold`` on the base model's own answers to ``prompts``."""
+    own = generate_responses(fn, params, tok, prompts, fmt=fmt, max_new_tokens=max_new_tokens,
+                             batch_size=batch_size)
+    lps = judges.response_logprobs(fn, params, tok, prompts, own, fmt=fmt, batch_size=batch_size)
+    return CoherenceReference(fn, params, judges.calibrate_threshold(
+        [judges.mean_logprob(lp) for lp in lps]))
+
+
 def harmfulness(fn: Any, params: Params, tok: Any, prompts: Sequence[str],
                 scorers: Sequence[Scorer], *, fmt: str, max_new_tokens: int = 50,
-                batch_size: int = 16) -> dict[str, Any]:
+                batch_size: int = 16, reference: CoherenceReference | None = None
+                ) -> dict[str, Any]:
     """``{"<scorer>": {"hs_mean", "hs_frac", ...}, "labels": {...}, "generations": [...]}``.
 
-    ``labels`` holds the refusal and (string-level) coherence rates of the
-    responses with their intervals: ``refused_rate``, ``coherent_rate`` (+ ``_ci``).
+    ``labels`` holds the refusal and coherence rates of the responses with their
+    intervals: ``refused_rate``, ``coherent_rate`` (+ ``_ci``). Coherence is the
+    string-level check, plus the likelihood under ``reference`` (the base model)
+    when given; the offline scorers (keyword, judge) then score every incoherent
+    response 0, as empty or broken text is never harmful. The classifier's scores
+    are left as the original computes them.
     """
     responses = generate_responses(fn, params, tok, prompts, fmt=fmt,
                                    max_new_tokens=max_new_tokens, batch_size=batch_size)
+    scores: list[float | None] = [None] * len(responses)
+    if reference is not None:
+        scores = [judges.mean_logprob(lp) for lp in judges.response_logprobs(
+            reference.fn, reference.params, tok, prompts, responses, fmt=fmt,
+            batch_size=batch_size)]
+    threshold = reference.threshold if reference is not None else None
+    coherent = [judges.is_coherent(r, s, threshold) for r, s in zip(responses, scores)]
     out: dict[str, Any] = {}
     per_item: dict[str, list[float]] = {}
     for s in scorers:
-        per_item[s.name] = s.score(prompts, responses)
+        vals = s.score(prompts, responses)
+        if s.name in ("keyword", "judge"):
+            vals = [v if ok else 0.0 for v, ok in zip(vals, coherent)]
+        per_item[s.name] = vals
         out[s.name] = hs(per_item[s.name])
     refused = [is_refusal(r) for r in responses]
-    coherent = [judges.repetition_ok(r) for r in responses]
     labels: dict[str, Any] = {}
     with_ci(labels, "refused_rate", np.asarray(refused, np.float64))
     with_ci(labels, "coherent_rate", np.asarray(coherent, np.float64))
+    if threshold is not None:
+        labels["coherence_threshold"] = threshold
     out["labels"] = labels
-    out["generations"] = [{"prompt": p, "response": r, "refused": refused[i],
-                           "coherent": coherent[i], **{k: v[i] for k, v in per_item.items()}}
-                          for i, (p, r) in enumerate(zip(prompts, responses))]
+    out["generations"] = [
+        {"prompt": p, "response": r, "refused": refused[i], "coherent": coherent[i],
+         **({"mean_logprob": scores[i] if np.isfinite(scores[i]) else None}
+            if scores[i] is not None else {}),
+         **{k: v[i] for k, v in per_item.items()}}
+        for i, (p, r) in enumerate(zip(prompts, responses))]
     return out

@@ -19,7 +19,7 @@ from seam_jax.data import benign_mc_items
 from seam_jax.data.proxy import DEFAULT_N_BENIGN
 from seam_jax.errors import ConfigError
 from seam_jax.eval.behaviour import benign_exact_match
-from seam_jax.eval.harm import harmfulness, make_scorers
+from seam_jax.eval.harm import CoherenceReference, coherence_reference, harmfulness, make_scorers
 from seam_jax.eval.report import write_report
 from seam_jax.eval.utility import offline_utility
 from seam_jax.hf.source import LoadedModel, load_model
@@ -50,11 +50,25 @@ def make_evaluator(c: mlc.ConfigDict, data: ExperimentData) -> Evaluator:
         benign_pairs = [(b.prompt, b.output) for b in data.benign_eval[: u.n_benign]]
         mc_items = benign_mc_items(c.data.seed, u.n_mc, n_train=DEFAULT_N_BENIGN)
     tasks = [t.strip() for t in str(u.lm_eval_tasks).split(",") if t.strip()]
+    # The coherence judge's base model (model.source) and threshold, built on first use.
+    reference: list[CoherenceReference | None] = []
 
     def evaluate(m: LoadedModel, params: Params) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        if not reference:
+            try:
+                base = load_model(c)
+            except ConfigError as e:
+                log.warning("coherence is judged on the text alone: the base model "
+                            "(model.source) for its likelihood check did not load: %s", e)
+                reference.append(None)
+            else:
+                reference.append(coherence_reference(
+                    base.fn, base.params, base.tokenizer, prompts, fmt=c.data.format,
+                    max_new_tokens=c.harm.max_new_tokens, batch_size=c.harm.batch_size))
         harm = harmfulness(m.fn, params, m.tokenizer, prompts, scorers, fmt=c.data.format,
-                           max_new_tokens=c.harm.max_new_tokens, batch_size=c.harm.batch_size)
+                           max_new_tokens=c.harm.max_new_tokens, batch_size=c.harm.batch_size,
+                           reference=reference[0])
         for s in scorers:
             out[f"hs_{s.name}"] = harm[s.name]["hs_mean"]
             out[f"hs_{s.name}_frac"] = harm[s.name]["hs_frac"]

@@ -141,3 +141,25 @@ def test_default_path_never_imports_torch():
             "from seam_jax.eval.harm import make_scorers; make_scorers('keyword');"
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_harmfulness_with_a_coherence_reference(monkeypatch):
+    import seam_jax.eval.harm as harm
+    from seam_jax.data import proxy
+    from seam_jax.eval.harm import CoherenceReference, harmfulness
+
+    h = next(x for x in proxy.harmful_items(0, 30) if x.asks_for == "PIN")
+    responses = [h.response, "qx zvb 7kp lorw tnq ez"]  # a leak, and random tokens
+    monkeypatch.setattr(harm, "generate_responses", lambda *a, **k: responses)
+    # Per-token log-probs under the base: ordinary text, and random tokens near -log(V).
+    monkeypatch.setattr(harm.judges, "response_logprobs",
+                        lambda *a, **k: [np.full(8, -1.0), np.full(8, -10.8)])
+    scorers = make_scorers("keyword,judge", rows=[h.beavertails_row()])
+    ref = CoherenceReference(fn=None, params=None, threshold=-4.0)
+    out = harmfulness(None, None, None, [h.prompt] * 2, scorers, fmt="qa", reference=ref)
+    # The random tokens are broken, so neither offline scorer counts them as harmful.
+    assert [g["keyword"] for g in out["generations"]] == [1.0, 0.0]
+    assert [g["judge"] for g in out["generations"]] == [1.0, 0.0]
+    assert out["labels"]["coherent_rate"] == 0.5 and out["labels"]["coherence_threshold"] == -4.0
+    without = harmfulness(None, None, None, [h.prompt] * 2, scorers, fmt="qa")
+    assert [g["keyword"] for g in without["generations"]] == [1.0, 1.0]  # string checks alone
