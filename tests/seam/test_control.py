@@ -15,7 +15,8 @@ import pytest
 
 import tiny
 from seam_jax.seam.losses import masked_ce, unlearning_and_attack_losses
-from seam_jax.seam.objective import SeamHyper, sd_term, seam_gradient
+from seam_jax.seam.objective import SeamHyper, seam_gradient
+from seam_jax.seam.sd_grad import geometry, sd_gradient
 from seam_jax.tree import tree_axpy, tree_norm, tree_sub
 
 TOL = 1e-12
@@ -60,9 +61,11 @@ def test_control_equals_seam_minus_sd_term(setup, estimator):
     with jax.enable_x64(True):
         seam, _ = seam_gradient(fn, params, b, hp)
         control, _ = seam_gradient(fn, params, b, dataclasses.replace(hp, beta=0.0))
-        g_a = jax.grad(lambda p: masked_ce(fn, p, b["adv"]))(params)
-        g_b = jax.grad(lambda p: masked_ce(fn, p, b["bgn"]))(params)
-        _, g_sd = sd_term(fn, params, b["adv"], b["bgn"], g_a, g_b, hp)
+        grad_fn = jax.grad(lambda p, bt: masked_ce(fn, p, bt))
+        g_a, g_b = grad_fn(params, b["adv"]), grad_fn(params, b["bgn"])
+        # The estimator seam_gradient uses, with its eps and vmap.
+        g_sd = sd_gradient(hp.estimator, grad_fn, params, b["adv"], b["bgn"], g_a, g_b,
+                           geometry(g_a, g_b), eps=hp.eps, vmap=hp.vmap)
         removed = tree_axpy(-hp.beta, g_sd, seam)
     assert _rel(removed, control) <= TOL
     # The L_sd term is not negligible here, so the comparison can fail.
