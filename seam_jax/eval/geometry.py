@@ -40,9 +40,20 @@ def _cos(a: Any, b: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
     return tree_dot(a, b) / (safe_norm(na) * safe_norm(nb)), na, nb
 
 
+def wide_model(fn: ModelFn) -> ModelFn:
+    """``fn`` computing in float32 where its compute dtype is narrower (bfloat16), else ``fn``."""
+    dt = jnp.dtype(fn.config.dtype)
+    if jnp.promote_types(dt, jnp.float32) == dt:
+        return fn
+    return ModelFn(fn.config.replace(dtype="float32"))
+
+
 def heldout_geometry(fn: ModelFn, params: Params, pairs: Sequence[tuple[Batch, Batch]]
                      ) -> dict[str, Any]:
     """The geometry of ``g_a`` (first batch of each pair) and ``g_b`` (second) at ``params``.
+
+    The gradients are computed in float32 or wider (``wide_model``): a measurement, not
+    the training step, so it is not left to a bfloat16 compute dtype.
 
     Returns floats: ``cos``, ``norm_g_a``, ``norm_g_b`` of the gradients averaged over
     the pairs; ``cos_pair_mean``, ``norm_g_a_pair_mean``, ``norm_g_b_pair_mean`` (means of
@@ -50,6 +61,7 @@ def heldout_geometry(fn: ModelFn, params: Params, pairs: Sequence[tuple[Batch, B
     """
     if not pairs:
         raise ValueError("heldout_geometry needs at least one (harmful, benign) batch pair")
+    fn = wide_model(fn)
 
     @jax.jit
     def pair(p: Params, adv: Batch, bgn: Batch):
@@ -139,4 +151,4 @@ def plot(records: Sequence[dict[str, Any]], path: pathlib.Path) -> pathlib.Path 
     return path
 
 
-__all__ = ["append_record", "heldout_geometry", "heldout_pairs", "plot", "read_records"]
+__all__ = ["append_record", "heldout_geometry", "heldout_pairs", "plot", "read_records", "wide_model"]

@@ -18,6 +18,7 @@ import ml_collections as mlc
 
 from seam_jax.errors import read_json
 from seam_jax import config as config_lib
+from seam_jax.eval import geometry as geometry_lib
 from seam_jax.eval.behaviour import behaviour
 from seam_jax.eval.report import behaviour_table
 from seam_jax.hf.export import export_hf
@@ -48,6 +49,25 @@ def train_step(c: mlc.ConfigDict, fn: ModelFn, setup: Any = None) -> TrainStep:
     optimizer, schedule = optimizer_for(OptimConfig(**c.optim.to_dict()), int(c.steps))
     layout = setup.layout(fn, optimizer) if setup is not None else None
     return build_step(seam_objective(fn, seam_hyper(c)), optimizer, schedule, layout=layout)
+
+
+def heldout_pairs(c: mlc.ConfigDict, tok: Any, data: Any) -> list[tuple[dict, dict]]:
+    """``seam.heldout_pairs`` fixed (harmful, benign) batch pairs held out of SEAM training:
+    the attack split's harmful rows, and the held-out benign items (proxy data; with
+    ``data.source='files'`` there are none, so the benign training rows stand in)."""
+    harmful = data.splits.attack or data.splits.defense
+    if not data.splits.attack:
+        log.warning("held-out geometry: data.n_attack=0, so its harmful batches are training rows")
+    benign = [{"instruction": b.instruction, "input": b.input, "output": b.output}
+              for b in data.benign_eval]
+    if not benign:
+        log.warning("held-out geometry: no held-out benign items, so its benign batches are "
+                    "training rows")
+        benign = data.benign_rows
+    d = c.data
+    return geometry_lib.heldout_pairs(tok, harmful, benign, int(c.seam.heldout_pairs),
+                                      seq_len=d.context_length, batch_size=d.batch_size,
+                                      seed=d.seed, fmt=d.format, benign_loss_on=d.benign_loss_on)
 
 
 def run(c: mlc.ConfigDict) -> dict[str, Any]:
@@ -87,6 +107,18 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
         survival = check_perturbation(m.fn, m.params, batches.batch_at(0), hp.eps, hp.estimator)
         if survival is not None:
             summary["perturbation_survival"] = survival
+    # Held-out c = cos(g_a, g_b) and both norms, at the start and at the end (the loop's
+    # on_metrics callback sees no parameters, so not in between), in float32 or wider:
+    # RUN/heldout_geometry.jsonl and .png.
+    geo_path = run_dir / "heldout_geometry.jsonl"
+    geo_pairs = []
+    if c.seam.heldout_pairs > 0 and (setup is None or setup.process_count == 1):
+        geo_pairs = heldout_pairs(c, m.tokenizer, data)
+        geo_path.unlink(missing_ok=True)
+        row = geometry_lib.append_record(
+            geo_path, 0, geometry_lib.heldout_geometry(m.fn, m.params, geo_pairs))
+        log.info("held-out geometry at step 0: c=%.4f |g_a|=%.4g |g_b|=%.4g", row["cos"],
+                 row["norm_g_a"], row["norm_g_b"])
     source, place = batches, None
     if setup is not None:
         source, place = setup.local_source(batches), setup.batch_to_global
@@ -99,6 +131,13 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
         meta={"config_digest": summary["config_digest"]}, place_batch=place,
     )
     params = state["params"]
+    if geo_pairs:
+        row = geometry_lib.append_record(
+            geo_path, int(c.steps), geometry_lib.heldout_geometry(m.fn, params, geo_pairs))
+        log.info("held-out geometry at step %d: c=%.4f |g_a|=%.4g |g_b|=%.4g", c.steps, row["cos"],
+                 row["norm_g_a"], row["norm_g_b"])
+        geometry_lib.plot(geometry_lib.read_records(geo_path), run_dir / "heldout_geometry.png")
+        summary["heldout_geometry"] = {k: row[k] for k in ("cos", "norm_g_a", "norm_g_b")}
     export_dir = pathlib.Path(c.export.dir or run_dir / "defended-hf")
     # The run's own export is replaced on a rerun; a user-chosen directory is protected.
     overwrite = c.export.overwrite or not c.export.dir

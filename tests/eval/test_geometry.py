@@ -73,3 +73,16 @@ def test_no_pairs_is_refused():
     fn = tiny.model("float32")
     with pytest.raises(ValueError, match="at least one"):
         geo_lib.heldout_geometry(fn, fn.init(0), [])
+
+
+@pytest.mark.e2e
+def test_seam_job_writes_heldout_geometry_at_start_and_end(debug_seam_run):
+    run = debug_seam_run.run_dir
+    rows = geo_lib.read_records(run / "heldout_geometry.jsonl")
+    summary = json.loads((run / "summary.json").read_text())
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert [r["step"] for r in rows] == [0, last["step"]]
+    assert all(r["n_pairs"] == 4 and -1.0 <= r["cos"] <= 1.0 for r in rows)
+    assert rows[0] != rows[1]  # training moved the parameters
+    assert summary["heldout_geometry"]["cos"] == rows[-1]["cos"]
+    assert (run / "heldout_geometry.png").stat().st_size > 1000
