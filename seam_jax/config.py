@@ -47,6 +47,7 @@ def base_config() -> mlc.ConfigDict:
     c.seam = mlc.ConfigDict(dict(
         alpha=1.0, beta=0.01, eps=1e-3, estimator="hessian_free", vmap=True,
         ul_variant="intent", lens_layers="", gamma_benign=0.0, sd_remat="full",
+        sd_precision="float32",  # seam.objective.SeamHyper.sd_precision
         # Held-out c = cos(g_a, g_b) and both norms at the start and the end of training, on
         # this many fixed (harmful, benign) batch pairs (eval.geometry); 0 = off.
         heldout_pairs=4,

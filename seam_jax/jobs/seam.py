@@ -39,7 +39,8 @@ def seam_hyper(c: mlc.ConfigDict) -> SeamHyper:
     s = c.seam
     return SeamHyper(alpha=s.alpha, beta=s.beta, eps=s.eps, estimator=s.estimator, vmap=s.vmap,
                      ul_variant=s.ul_variant, lens_layers=config_lib.lens_layers(c),
-                     gamma_benign=s.gamma_benign, sd_remat=s.sd_remat)
+                     gamma_benign=s.gamma_benign, sd_remat=s.sd_remat,
+                     sd_precision=s.sd_precision)
 
 
 def train_step(c: mlc.ConfigDict, fn: ModelFn, setup: Any = None) -> TrainStep:
@@ -101,12 +102,13 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
         summary["before"] = {k: v for k, v in before.items() if k != "samples"}
 
     if hp.beta:
-        # Where eps*d vanishes in the weights' rounding, Eq. 6 measures noise: say so up front.
-        from seam_jax.theory.precision import check_perturbation
+        # Where the compute dtype rounds eps*d away, Eq. 6 measures noise: refuse before training
+        # (one line naming the fix) unless seam.sd_precision='faithful' asks for it.
+        from seam_jax.theory.precision import check_sd_precision
 
-        survival = check_perturbation(m.fn, m.params, batches.batch_at(0), hp.eps, hp.estimator)
-        if survival is not None:
-            summary["perturbation_survival"] = survival
+        realised = check_sd_precision(m.fn, m.params, batches.batch_at(0), hp)
+        if realised is not None:
+            summary["sd_perturbation"] = realised
     # Held-out c = cos(g_a, g_b) and both norms, at the start and at the end (the loop's
     # on_metrics callback sees no parameters, so not in between), in float32 or wider:
     # RUN/heldout_geometry.jsonl and .png.

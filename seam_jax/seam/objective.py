@@ -20,7 +20,9 @@ from seam_jax.model.api import ModelFn, Params
 from seam_jax.model.config import REMAT_POLICIES
 from seam_jax.seam.lens import ul_and_attack_gradients
 from seam_jax.seam.losses import check_batch, masked_ce, unlearning_and_attack_losses
-from seam_jax.seam.sd_grad import ESTIMATORS, geometry, sd_gradient
+from seam_jax.seam.sd_grad import (
+    ESTIMATORS, SD_PRECISIONS, Geometry, geometry, sd_gradient, theta_grads, widens,
+)
 from seam_jax.tree import tree_axpy
 
 
@@ -52,6 +54,12 @@ class SeamHyper:
     # peak from 9.72 to 7.71 GB for one more forward of the two batches (56.8 -> 60.5 s;
     # benchmarks/seam_step.py).
     sd_remat: str = "full"
+    # The precision of the L_sd estimator's gradients (sd_grad.SD_PRECISIONS): "float32"
+    # computes g at theta and at the perturbed points (or the HVPs) in float32 by one
+    # program while the rest of the step keeps the compute dtype; "compute" stays in the
+    # compute dtype; "faithful" is the original's arithmetic, accepted even when lossy.
+    # No effect on a model that computes in float32 or wider.
+    sd_precision: str = "float32"
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
@@ -62,6 +70,19 @@ class SeamHyper:
             raise ValueError(f"seam.ul_variant={self.ul_variant!r}; choose 'intent' or 'original'")
         if self.sd_remat not in SD_REMAT:
             raise ValueError(f"seam.sd_remat={self.sd_remat!r}; choose one of {SD_REMAT}")
+        if self.sd_precision not in SD_PRECISIONS:
+            raise ValueError(f"seam.sd_precision={self.sd_precision!r}; choose one of {SD_PRECISIONS}")
+
+
+def sd_model(fn: ModelFn, hp: SeamHyper) -> ModelFn:
+    """The model function of the L_sd estimator's gradients: ``hp.sd_remat``, and float32
+    compute under ``sd_precision='float32'`` when the model computes narrower."""
+    cfg = fn.config
+    if hp.sd_remat not in ("model", cfg.remat):
+        cfg = cfg.replace(remat=hp.sd_remat)
+    if widens(hp.sd_precision, cfg.dtype):
+        cfg = cfg.replace(dtype="float32")
+    return fn if cfg == fn.config else ModelFn(cfg)
 
 
 def ul_and_attack(fn: ModelFn, params: Params, adv: dict, hp: SeamHyper
@@ -87,6 +108,26 @@ def _count(batch: dict) -> jax.Array:
     return jnp.sum(batch["loss_mask"][:, 1:])
 
 
+def sd_term(fn: ModelFn, params: Params, adv: dict, bgn: dict, g_a: Params, g_b: Params,
+            hp: SeamHyper) -> tuple[Geometry, Params]:
+    """(the geometry of L_sd at theta, grad L_sd) by ``hp.estimator`` under ``hp.sd_precision``.
+
+    ``g_a``, ``g_b`` are the step's own gradients at theta (compute dtype). Where the
+    policy widens (``sd_precision='float32'`` on a narrower model) they are not used:
+    g_a, g_b at theta come from the estimator's own float32 program (``theta_grads``,
+    the unperturbed point of ``perturbed_grads``), so ``g(theta + eps d) - g(theta)``
+    holds no program-to-program round-off; under ``jit`` XLA then drops the unused
+    backward pass of the step's ``g_b`` when nothing else reads it.
+    """
+    fn_sd = sd_model(fn, hp)
+    grad_ce = jax.grad(functools.partial(masked_ce, fn_sd))
+    if widens(hp.sd_precision, fn.config.dtype):
+        g_a, g_b = theta_grads(grad_ce, params, [adv, bgn], vmap=hp.vmap)
+    geo = geometry(g_a, g_b)
+    g_sd = sd_gradient(hp.estimator, grad_ce, params, adv, bgn, g_a, g_b, geo, eps=hp.eps, vmap=hp.vmap)
+    return geo, g_sd
+
+
 def seam_gradient(fn: ModelFn, params: Params, batches: dict[str, dict], hp: SeamHyper
                   ) -> tuple[Params, dict[str, jax.Array]]:
     """The SEAM update direction and its metrics, for batches ``adv``, ``aln``, ``bgn``.
@@ -99,17 +140,15 @@ def seam_gradient(fn: ModelFn, params: Params, batches: dict[str, dict], hp: Sea
         check_batch(b)
 
     ce = functools.partial(masked_ce, fn)
-    fn_sd = fn if hp.sd_remat in ("model", fn.config.remat) else ModelFn(fn.config.replace(remat=hp.sd_remat))
-    grad_ce = jax.grad(functools.partial(masked_ce, fn_sd))
     (l_ul, l_a), (g_ul, g_a) = ul_and_attack(fn, params, adv, hp)
     l_up, g_up = jax.value_and_grad(ce)(params, aln)
     l_b, g_b = jax.value_and_grad(ce)(params, bgn)
-    geo = geometry(g_a, g_b)
     total = tree_axpy(hp.alpha, g_up, g_ul)
     if hp.beta:
-        g_sd = sd_gradient(hp.estimator, grad_ce, params, adv, bgn, g_a, g_b, geo,
-                           eps=hp.eps, vmap=hp.vmap)
+        geo, g_sd = sd_term(fn, params, adv, bgn, g_a, g_b, hp)
         total = tree_axpy(hp.beta, g_sd, total)
+    else:
+        geo = geometry(g_a, g_b)
     if hp.gamma_benign:
         total = tree_axpy(hp.gamma_benign, g_b, total)
     loss = l_ul + hp.alpha * l_up + hp.beta * geo.cos + hp.gamma_benign * l_b
@@ -130,4 +169,4 @@ def sft_gradient(fn: ModelFn, params: Params, batches: dict[str, dict], key: str
     return g, {"loss": loss, "targets": _count(batches[key])}
 
 
-__all__ = ["SeamHyper", "seam_gradient", "sft_gradient"]
+__all__ = ["SeamHyper", "sd_model", "sd_term", "seam_gradient", "sft_gradient"]

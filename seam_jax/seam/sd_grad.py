@@ -15,6 +15,24 @@ computes them as one batched evaluation over the stacked (params, batch) pairs,
 
 Norms, ``c`` and the directions are computed once, in at least float32, and the
 perturbation is added to the (float32) master parameters before any compute cast.
+
+Precision (``SD_PRECISIONS``, chosen by ``seam.sd_precision``). With a model that
+computes in bfloat16, ``theta + eps d`` is formed in the float32 master weights but the
+forward pass casts it to bfloat16, whose spacing (2^-8 relative) is far above
+``eps |d_i|`` (about ``eps / sqrt(N)``): the cast rounds most of the perturbation away
+and the difference measures rounding. The policies:
+
+- ``float32``: the gradients that enter the estimator (at theta and at the perturbed
+  points, or the HVPs) are computed by one float32-compute program
+  (``theta_grads`` / ``perturbed_grads`` with the same ``grad_fn``); the rest of the
+  step keeps the model's compute dtype. For a model already computing in float32 or
+  wider it is the ``compute`` policy, bit for bit.
+- ``compute``: the estimator in the model's compute dtype, reusing the step's own
+  ``g_a`` (lens) and ``g_b`` at theta (the cheapest; a lossy finite difference is refused
+  by the training job's check).
+- ``faithful``: the original's arithmetic (gradients in the compute dtype, the
+  perturbation added to the stored parameters and then cast), accepted even where it
+  is mostly rounding: for reproducing the original.
 """
 
 from __future__ import annotations
@@ -33,6 +51,13 @@ Tree = Any
 GradFn = Callable[[Params, dict], Tree]  # (params, batch) -> gradient of l(params; batch)
 
 ESTIMATORS = ("hessian_free", "central", "exact_hvp", "autodiff")
+SD_PRECISIONS = ("float32", "compute", "faithful")
+
+
+def widens(precision: str, compute_dtype: Any) -> bool:
+    """Whether policy ``precision`` computes the estimator's gradients wider than ``compute_dtype``."""
+    dt = jnp.dtype(compute_dtype)
+    return precision == "float32" and jnp.promote_types(dt, jnp.float32) != dt
 
 
 # ----------------------------------------------------------------- geometry
@@ -56,8 +81,13 @@ def geometry(g_a: Tree, g_b: Tree) -> Geometry:
     return Geometry(na, nb, c, d_a, d_b)
 
 
-def perturb(params: Params, d: Tree, eps: jax.Array | float) -> Params:
-    """``theta + eps d`` on the master parameters (float32 or wider, never a compute cast)."""
+def perturb(params: Params, d: Tree | None, eps: jax.Array | float) -> Params:
+    """``theta + eps d`` on the master parameters (float32 or wider, never a compute cast).
+
+    ``d = None`` is theta itself (no arithmetic: the unperturbed point of a difference).
+    """
+    if d is None:
+        return params
     return jax.tree.map(lambda p, di: (p.astype(_acc(p)) + eps * di.astype(_acc(p))).astype(p.dtype), params, d)
 
 
@@ -72,7 +102,7 @@ def _unstack(tree: Tree, n: int) -> list[Tree]:
 # ----------------------------------------------------------------- estimators
 def perturbed_grads(grad_fn: GradFn, params: Params, points: list[tuple[Tree, float, dict]],
                     *, vmap: bool) -> list[Tree]:
-    """``grad l(theta + eps_i d_i; batch_i)`` for each (d_i, eps_i, batch_i)."""
+    """``grad l(theta + eps_i d_i; batch_i)`` for each (d_i, eps_i, batch_i); ``d_i = None`` is theta."""
     batches = [b for _, _, b in points]
     shapes = {(jax.tree.structure(b), tuple(x.shape for x in jax.tree.leaves(b))) for b in batches}
     if vmap and len(shapes) == 1:
@@ -82,6 +112,18 @@ def perturbed_grads(grad_fn: GradFn, params: Params, points: list[tuple[Tree, fl
     # Sequential: each perturbed copy is built right before its gradient, so only
     # one copy of theta needs to be live at a time.
     return [grad_fn(perturb(params, d, e), b) for d, e, b in points]
+
+
+def theta_grads(grad_fn: GradFn, params: Params, batches: list[dict], *, vmap: bool) -> list[Tree]:
+    """``grad l(theta; batch_i)`` by the very program of ``perturbed_grads``, at ``theta + 0 theta``.
+
+    ``theta + 0 theta`` is theta exactly (finite theta), formed by the same arithmetic as
+    ``theta + eps d``: fed the jitted step's own parameter buffer instead, XLA compiled the
+    gradient at theta differently from the one at an intermediate ``theta + eps d``
+    (1-ulp differences at eps = 0 on the tiny model, sequential form), which Eq. 6 then
+    divides by eps. A difference of the two now holds no program-to-program round-off.
+    """
+    return perturbed_grads(grad_fn, params, [(params, 0.0, b) for b in batches], vmap=vmap)
 
 
 def sd_gradient(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 from typing import Any, Iterator
 
 import jax
@@ -29,7 +30,8 @@ from seam_jax.errors import ConfigError
 from seam_jax.model.api import ModelFn, Params
 from seam_jax.model.config import ModelConfig, parse_dtype
 from seam_jax.seam.losses import masked_ce
-from seam_jax.seam.sd_grad import geometry
+from seam_jax.seam.objective import sd_model
+from seam_jax.seam.sd_grad import geometry, widens
 
 log = logging.getLogger(__name__)
 
@@ -192,3 +194,96 @@ def check_perturbation(fn: ModelFn, params: Params, batches: dict[str, dict], ep
     geo = geometry(grad_fn(params, batches["adv"]), grad_fn(params, batches["bgn"]))
     return {name: warn_if_vanishing(params, d, eps, cd, name=name)
             for name, d in (("d_a", geo.d_a), ("d_b", geo.d_b))}
+
+
+# ------------------------------------------------------------ the realised perturbation
+# Below this cosine between the perturbation the compute dtype sees and eps*d, the finite
+# difference is mostly rounding: at cos 0.9, sin^2 = 0.19 of |delta|^2 is a rounding
+# component orthogonal to eps*d, and the difference measures H along a direction 26
+# degrees off d, scaled by |delta|/|eps d|, which such a cast makes far from 1 as well.
+REALISED_COS_MIN = 0.9
+
+
+@jax.jit
+def _realised_sums(p: jax.Array, di: jax.Array, eps: jax.Array, probe: jax.Array) -> jax.Array:
+    acc = jnp.promote_types(p.dtype, jnp.float32)
+    step = eps.astype(acc) * di.astype(acc)
+    moved = (p.astype(acc) + step).astype(p.dtype)  # sd_grad.perturb
+    # What the compute dtype sees: both points cast, then differenced in the accumulation dtype.
+    delta = moved.astype(probe.dtype).astype(acc) - p.astype(probe.dtype).astype(acc)
+    err = delta - step
+    return jnp.stack([jnp.sum(delta * step), jnp.sum(delta * delta), jnp.sum(step * step),
+                      jnp.sum(err * err)])
+
+
+def realised_perturbation(params: Params, d: Tree, eps: float, compute_dtype: Any) -> dict[str, float]:
+    """``delta = cast(theta + eps d) - cast(theta)``, the perturbation the forward pass sees,
+    against ``eps d``: ``cos`` ``cos(delta, eps d)``, ``rel_error`` ``|delta - eps d| / |eps d|``,
+    ``norm_ratio`` ``|delta| / |eps d|`` and ``survival`` (``perturbation_survival``).
+
+    ``theta + eps d`` is formed as ``sd_grad.perturb`` forms it, in the master dtype of
+    ``params``; ``cast`` is to ``compute_dtype``. Unlike the survival count, this weighs
+    each coordinate by what it contributes: a surviving coordinate jumps by a whole ulp,
+    not by ``eps d_i``. Sums are per leaf in the accumulation dtype, then in Python floats.
+    """
+    cd = parse_dtype(compute_dtype)
+    tot = [0.0, 0.0, 0.0, 0.0]
+    for p, di in zip(jax.tree.leaves(params), jax.tree.leaves(d)):
+        p = jnp.asarray(p)
+        acc = jnp.promote_types(p.dtype, jnp.float32)
+        sums = _realised_sums(p, jnp.asarray(di), jnp.asarray(eps, acc), jnp.zeros((), cd))
+        tot = [a + float(b) for a, b in zip(tot, sums)]
+    dot, dd, ss, ee = tot
+    cos = dot / math.sqrt(dd * ss) if dd > 0 and ss > 0 else (1.0 if ss == 0 else 0.0)
+    rel = math.sqrt(ee / ss) if ss > 0 else 0.0
+    ratio = math.sqrt(dd / ss) if ss > 0 else 1.0
+    return {"cos": cos, "rel_error": rel, "norm_ratio": ratio,
+            "survival": perturbation_survival(params, d, eps, cd)}
+
+
+def check_sd_precision(fn: ModelFn, params: Params, batches: dict[str, dict], hp: Any, *,
+                       threshold: float = REALISED_COS_MIN,
+                       logger: logging.Logger | None = None) -> dict[str, Any] | None:
+    """Before training: refuse an L_sd finite difference that would be mostly rounding.
+
+    ``hp`` is the job's ``seam.objective.SeamHyper``. For the finite-difference estimators
+    (and ``beta != 0``), ``d_a``, ``d_b`` come from the first step's batches (``adv``,
+    ``bgn``) by the estimator's own program (``objective.sd_model``), and the realised
+    perturbation of each is measured in the dtype that program computes in. Returns the
+    measurements (``None`` when nothing is perturbed: ``exact_hvp``, ``autodiff``, ``beta = 0``).
+
+    Raises:
+      ConfigError: ``cos(delta, eps d) < threshold`` for ``d_a`` or ``d_b`` and the policy
+        is not ``faithful`` (which only logs it: the original's arithmetic, on purpose).
+    """
+    if not hp.beta or hp.estimator not in ("hessian_free", "central"):
+        return None
+    fn_sd = sd_model(fn, hp)
+    cd = fn_sd.config.dtype
+    grad_fn = jax.jit(jax.grad(lambda p, b: masked_ce(fn_sd, p, b)))
+    geo = geometry(grad_fn(params, batches["adv"]), grad_fn(params, batches["bgn"]))
+    out: dict[str, Any] = {"sd_precision": hp.sd_precision, "compute_dtype": str(cd), "eps": hp.eps,
+                           "threshold": threshold}
+    for name, d in (("d_a", geo.d_a), ("d_b", geo.d_b)):
+        out[name] = realised_perturbation(params, d, hp.eps, cd)
+    name = min(("d_a", "d_b"), key=lambda k: out[k]["cos"])
+    worst = out[name]
+    if worst["cos"] >= threshold:
+        return out
+    master = jnp.asarray(jax.tree.leaves(params)[0]).dtype
+    what = (f"the L_sd finite difference would be mostly rounding: eps*{name} (eps={hp.eps:g}) "
+            f"as {jnp.dtype(parse_dtype(cd))} compute sees it (master {master}) has cos "
+            f"{worst['cos']:.3f} with eps*{name} (needs >= {threshold}) and relative error "
+            f"{worst['rel_error']:.3g}")
+    if hp.sd_precision == "faithful":
+        (logger or log).warning("seam.sd_precision='faithful': %s; training with it as the original does", what)
+        return out
+    if widens("float32", cd):
+        fix = "use --config.seam.sd_precision=float32 (float32 gradients for the difference)"
+    elif jnp.promote_types(master, jnp.float32) != master:
+        fix = "store float32 master weights (--config.model.param_dtype=float32)"
+    else:
+        fix = "use a larger --config.seam.eps"
+    raise ConfigError(f"seam.sd_precision={hp.sd_precision!r}: {what}; {fix}, or "
+                      "--config.seam.estimator=exact_hvp, or --config.seam.sd_precision=faithful "
+                      "to reproduce the original's arithmetic")

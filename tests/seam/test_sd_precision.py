@@ -1,0 +1,174 @@
+"""The precision policy of the L_sd gradient (``seam.sd_precision``) and the pre-training check.
+
+On a bfloat16-compute model, ``theta + eps d`` loses most of ``eps d`` in the compute cast,
+and Eq. 6 then measures rounding: these tests show the trap (``faithful``), its fix
+(``float32``: the difference's gradients in float32, by one program), that a float32 or
+float64 model is untouched, and that the job's check refuses the trap with one line.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tiny
+from seam_jax.errors import ConfigError
+from seam_jax.seam.losses import masked_ce
+from seam_jax.seam.objective import SeamHyper, sd_model, sd_term, seam_gradient
+from seam_jax.seam.sd_grad import SD_PRECISIONS, geometry, perturbed_grads, sd_gradient, theta_grads
+from seam_jax.theory.precision import REALISED_COS_MIN, check_sd_precision, realised_perturbation
+from seam_jax.tree import error_norm, np_norm
+
+
+def _grad(fn):
+    return jax.grad(functools.partial(masked_ce, fn))
+
+
+def _sd(fn, params, b, hp):
+    """grad L_sd by ``sd_term`` as the SEAM step calls it (the step's own g_a, g_b at theta)."""
+    g = _grad(fn)
+    return jax.jit(lambda p: sd_term(fn, p, b["adv"], b["bgn"], g(p, b["adv"]), g(p, b["bgn"]), hp)[1])(params)
+
+
+def _rel(est, exact):
+    return error_norm(est, exact) / np_norm(exact)
+
+
+@pytest.fixture(scope="module")
+def bf16_case():
+    """theta (float32), the exact float32 grad L_sd (exact_hvp), and the bfloat16-compute model."""
+    f32 = tiny.model("float32")
+    params = f32.init(0)
+    b = tiny.seam_batches(0)
+    g = _grad(f32)
+    ga, gb = g(params, b["adv"]), g(params, b["bgn"])
+    exact = sd_gradient("exact_hvp", g, params, b["adv"], b["bgn"], ga, gb, geometry(ga, gb))
+    return params, b, exact, tiny.model("bfloat16", param_dtype="float32")
+
+
+# ----------------------------------------------------------------- float64: every policy is exact
+# Tolerances (relative to |grad L_sd|), from the estimators' truncation errors in float64 on
+# this model: the forward difference is O(eps) (measured ~1e-6 at eps 1e-6), the central one
+# O(eps^2) (~1e-9 at eps 1e-4); exact_hvp differs from reverse-over-reverse autodiff only by
+# float64 round-off (~1e-15).
+F64_CASES = (("hessian_free", 1e-6, 1e-4), ("central", 1e-4, 1e-6), ("exact_hvp", 1e-3, 1e-10))
+
+
+@pytest.mark.parametrize("policy", SD_PRECISIONS)
+def test_every_policy_is_exact_in_float64(policy):
+    with jax.enable_x64(True):
+        fn = tiny.model("float64")
+        params = fn.init(0)
+        b = tiny.seam_batches(0)
+        g = _grad(fn)
+        ga, gb = g(params, b["adv"]), g(params, b["bgn"])
+        truth = sd_gradient("autodiff", g, params, b["adv"], b["bgn"], ga, gb, geometry(ga, gb))
+        for est, eps, tol in F64_CASES:
+            got = _sd(fn, params, b, SeamHyper(estimator=est, eps=eps, sd_precision=policy))
+            assert jax.tree.leaves(got)[0].dtype == jnp.float64
+            assert _rel(got, truth) <= tol, (policy, est, _rel(got, truth))
+
+
+def test_a_float32_model_is_unchanged_by_the_policy():
+    """On a float32 model the three policies run one computation: bit-identical steps."""
+    fn = tiny.model("float32")
+    params = fn.init(0)
+    b = tiny.seam_batches(0)
+    for est in ("hessian_free", "exact_hvp"):
+        outs = [jax.jit(functools.partial(seam_gradient, fn, hp=SeamHyper(estimator=est, sd_precision=p)))(
+            params, b) for p in SD_PRECISIONS]
+        for other in outs[1:]:
+            for x, y in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(other)):
+                np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        assert sd_model(fn, SeamHyper(sd_precision="float32", sd_remat="model")) is fn
+
+
+# ----------------------------------------------------------------- bfloat16 compute: the trap and its fix
+def test_float32_difference_fixes_the_bfloat16_trap(bf16_case):
+    params, b, exact, bf = bf16_case
+    fixed = _rel(_sd(bf, params, b, SeamHyper(eps=1e-3, sd_precision="float32")), exact)
+    trap = _rel(_sd(bf, params, b, SeamHyper(eps=1e-3, sd_precision="faithful")), exact)
+    # 1e-2: the forward difference's truncation at eps 1e-3 on this model is ~1.6e-3 in float32
+    # (float32 round-off adds ~1e-4); the bfloat16 difference is ~11x |grad L_sd| (rounding).
+    assert fixed <= 1e-2, fixed
+    assert trap > 0.5, trap
+    # exact_hvp: in float32 it is the reference up to the remat's round-off (~5e-7); in
+    # bfloat16 compute it is off by ~1.8e-2 here (the bfloat16 forward's own error).
+    hvp32 = _rel(_sd(bf, params, b, SeamHyper(estimator="exact_hvp", sd_precision="float32")), exact)
+    hvp16 = _rel(_sd(bf, params, b, SeamHyper(estimator="exact_hvp", sd_precision="compute")), exact)
+    assert hvp32 <= 1e-5 < 1e-3 <= hvp16, (hvp32, hvp16)
+
+
+@pytest.mark.parametrize("vmap", [True, False])
+def test_theta_and_perturbed_gradients_come_from_one_program(bf16_case, vmap):
+    """g(theta) and g(theta + 0 d) are bit-identical: one grad function, one program."""
+    params, b, _, bf = bf16_case
+    hp = SeamHyper(sd_precision="float32", vmap=vmap)
+    g = _grad(sd_model(bf, hp))
+    assert sd_model(bf, hp).config.dtype == "float32"
+
+    @jax.jit
+    def both(p):
+        ga, gb = theta_grads(g, p, [b["adv"], b["bgn"]], vmap=vmap)
+        geo = geometry(ga, gb)
+        pa, pb = perturbed_grads(g, p, [(geo.d_a, 0.0, b["adv"]), (geo.d_b, 0.0, b["bgn"])], vmap=vmap)
+        step_geo, _ = sd_term(bf, p, b["adv"], b["bgn"], ga, gb, hp)
+        return (ga, gb), (pa, pb), geo, step_geo
+
+    (ga, gb), (pa, pb), geo, step_geo = both(params)
+    for x, y in zip(jax.tree.leaves((ga, gb)), jax.tree.leaves((pa, pb))):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+    # ... and the SEAM step's L_sd geometry is built from those very theta gradients.
+    for x, y in zip(jax.tree.leaves(geo), jax.tree.leaves(step_geo)):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_unknown_policy_is_refused():
+    with pytest.raises(ValueError, match="sd_precision"):
+        SeamHyper(sd_precision="bf16")
+
+
+# ----------------------------------------------------------------- the realised perturbation and the check
+def test_realised_perturbation_by_hand():
+    params = {"w": jnp.ones(4, jnp.float32)}
+    d = {"w": jnp.asarray([1e-3, 1e-6, 1e-9, 0.0], jnp.float32)}
+    # float32 (spacing 1.2e-7 at 1): 1e-3 and 1e-6 survive to within half an ulp, 1e-9 is lost.
+    r = realised_perturbation(params, d, 1.0, "float32")
+    assert r["cos"] > 0.999999 and r["rel_error"] < 1e-4 and r["survival"] == pytest.approx(2 / 3)
+    # bfloat16 (spacing 7.8e-3 at 1): everything is lost, delta = 0.
+    r = realised_perturbation(params, d, 1.0, "bfloat16")
+    assert r["cos"] == 0.0 and r["rel_error"] == pytest.approx(1.0) and r["norm_ratio"] == 0.0
+    # eps = 10: 1e-2 jumps one whole bfloat16 ulp (7.8e-3): the direction survives, the length is 22% off.
+    r = realised_perturbation(params, d, 10.0, "bfloat16")
+    assert r["cos"] == pytest.approx(1.0, abs=1e-6) and r["norm_ratio"] == pytest.approx(0.78125, rel=1e-3)
+
+
+def test_check_refuses_a_lossy_bfloat16_difference_with_one_line(bf16_case, caplog):
+    params, b, _, bf = bf16_case
+    with pytest.raises(ConfigError) as e:
+        check_sd_precision(bf, params, b, SeamHyper(eps=1e-3, sd_precision="compute"))
+    msg = str(e.value)
+    assert "\n" not in msg and "--config.seam.sd_precision=float32" in msg and "rounding" in msg
+    # faithful: the original's arithmetic, on purpose: accepted, with a warning and the numbers.
+    with caplog.at_level("WARNING", logger="seam_jax.theory.precision"):
+        out = check_sd_precision(bf, params, b, SeamHyper(eps=1e-3, sd_precision="faithful"))
+    assert out["d_a"]["cos"] < REALISED_COS_MIN and len(caplog.records) == 1
+    # float32: the difference's program computes in float32, where eps d survives.
+    out = check_sd_precision(bf, params, b, SeamHyper(eps=1e-3, sd_precision="float32"))
+    assert min(out["d_a"]["cos"], out["d_b"]["cos"]) > 0.99
+    # Nothing is perturbed: no check.
+    assert check_sd_precision(bf, params, b, SeamHyper(estimator="exact_hvp", sd_precision="compute")) is None
+    assert check_sd_precision(bf, params, b, SeamHyper(beta=0.0, sd_precision="compute")) is None
+
+
+def test_check_names_the_master_weights_when_they_round(bf16_case):
+    """Pure bfloat16 (bf16 parameters): float32 compute cannot help; the fix is float32 master weights."""
+    _, b, _, _ = bf16_case
+    pure = tiny.model("bfloat16")
+    params = pure.init(0)
+    with pytest.raises(ConfigError, match=r"--config\.model\.param_dtype=float32"):
+        check_sd_precision(pure, params, b, SeamHyper(eps=1e-3, sd_precision="float32"))
