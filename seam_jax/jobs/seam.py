@@ -16,7 +16,6 @@ from typing import Any
 
 import ml_collections as mlc
 
-from seam_jax.errors import read_json
 from seam_jax import config as config_lib
 from seam_jax.eval import geometry as geometry_lib
 from seam_jax.eval.behaviour import behaviour
@@ -28,7 +27,8 @@ from seam_jax.jobs.sharding import training_setup
 from seam_jax.model.api import ModelFn
 from seam_jax.seam.objective import SeamHyper
 from seam_jax.train.checkpoint import CheckpointConfig
-from seam_jax.train.loop import LoopConfig, run as run_loop
+from seam_jax.train import run_dir as run_dir_lib
+from seam_jax.train.loop import LoopConfig, NothingTrained, run as run_loop
 from seam_jax.train.optim import OptimConfig
 from seam_jax.train.step import TrainStep, build_step, optimizer_for, seam_objective
 
@@ -52,6 +52,14 @@ def train_step(c: mlc.ConfigDict, fn: ModelFn, setup: Any = None) -> TrainStep:
     return build_step(seam_objective(fn, seam_hyper(c)), optimizer, schedule, layout=layout)
 
 
+def empty_hint(c: mlc.ConfigDict, batches: Any, n_rows: dict[str, int]) -> str:
+    """How many rows of each set keep a target token within the context, and what to change."""
+    fit = ", ".join(f"{n_rows[k] - batches.empty_rows[k]} of {n_rows[k]} {k}"
+                    for k in ("adv", "aln", "bgn"))
+    return (f"rows with a target token within data.context_length={c.data.context_length}: "
+            f"{fit}; raise --config.data.context_length, or use shorter prompts")
+
+
 def heldout_pairs(c: mlc.ConfigDict, tok: Any, data: Any) -> list[tuple[dict, dict]]:
     """``seam.heldout_pairs`` fixed (harmful, benign) batch pairs held out of SEAM training:
     the attack split's harmful rows, and the held-out benign items (proxy data; with
@@ -72,14 +80,32 @@ def heldout_pairs(c: mlc.ConfigDict, tok: Any, data: Any) -> list[tuple[dict, di
 
 
 def run(c: mlc.ConfigDict) -> dict[str, Any]:
-    t0 = time.time()
     run_dir = pathlib.Path(c.run_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_dir_lib.locked(run_dir):  # a second run on this directory refuses with one line
+        return _run(c, run_dir)
+
+
+def _run(c: mlc.ConfigDict, run_dir: pathlib.Path) -> dict[str, Any]:
+    t0 = time.time()
+    # run.json: another config's run directory is refused before the model loads.
+    manifest = run_dir_lib.Manifest.open(run_dir, c, job="seam")
     hp = seam_hyper(c)
     setup = training_setup(c)
     m = load_model(c, setup.param_shardings_fn if setup else None)
     data = load_experiment_data(c, run_dir)
     batches = seam_batches(c, m.tokenizer, data)
+    n_rows = {"adv": len(data.splits.defense), "aln": len(data.splits.defense),
+              "bgn": len(data.benign_rows)}
+    hint = empty_hint(c, batches, n_rows)
+    if any(batches.empty_rows[k] == n_rows[k] for k in n_rows):
+        raise NothingTrained(f"no step could train (every row of a set has its response cut "
+                             f"off): {hint}")
+    # Before training (the step donates m.params): what this run is, checked against run.json.
+    identity = run_dir_lib.model_identity(m.cfg, m.params)
+    data_id = run_dir_lib.data_identity(
+        {"defense": data.splits.defense, "benign": data.benign_rows}, batches.batch_at(0))
+    forced = manifest.settle(model=identity, data=data_id)
     evaluate = c.eval.enabled
     if setup is not None and setup.process_count > 1 and evaluate:
         # Decoding takes host arrays; across processes it would need global ones.
@@ -90,15 +116,21 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
     check = functools.partial(behaviour, m.fn, tok=m.tokenizer, harmful_prompts=held_out,
                               benign=data.benign_eval, fmt=c.data.format,
                               max_new_tokens=c.eval.max_new_tokens, seq_len=c.data.context_length)
-    summary: dict[str, Any] = {"config_digest": config_lib.digest(c)}
-    before_file = run_dir / "eval_before.json"
+    summary: dict[str, Any] = {"config_digest": config_lib.digest(c),
+                               "model_weights": identity["weights"]}
+    if forced:
+        summary["resume_forced"] = forced
     if evaluate:
-        if before_file.is_file():
-            before = read_json(before_file)  # a corrupt one is named, not a bare JSONDecodeError
-        else:
+        def measure() -> dict[str, Any]:
             log.info("measuring the base model on %d held-out harmful prompts", len(held_out))
-            before = check(m.params)
-            before_file.write_text(json.dumps(before, indent=1))
+            return check(m.params)
+
+        # Reused only for what it measured: this model, these prompts, this eval config.
+        key = {"model": identity, "eval": c.eval.to_dict(), "format": c.data.format,
+               "context_length": c.data.context_length, "tokens": data_id["first_batch"],
+               "held_out": run_dir_lib.digest_of(held_out),
+               "benign_eval": run_dir_lib.digest_of(data.benign_eval)}
+        before = run_dir_lib.cached(run_dir / "eval_before.json", key, measure)
         summary["before"] = {k: v for k, v in before.items() if k != "samples"}
 
     if hp.beta:
@@ -129,7 +161,8 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
         m.params, train_step(c, m.fn, setup), source,
         LoopConfig(steps=c.steps, run_dir=run_dir, seed=c.seed, desc="SEAM",
                    checkpoint=CheckpointConfig(**c.checkpoint.to_dict()),
-                   postfix=("loss", "cos", "L_ul", "L_up"), progress=c.progress),
+                   postfix=("loss", "cos", "L_ul", "L_up"), progress=c.progress,
+                   empty_hint=hint),
         meta={"config_digest": summary["config_digest"]}, place_batch=place,
     )
     params = state["params"]

@@ -5,13 +5,23 @@ resumes from the newest readable checkpoint, feeds the batch for each global ste
 step, so a resumed run sees the same stream), shows a progress bar, writes
 metrics, checkpoints every N steps, and stops on a non-finite loss without
 touching the last good checkpoint.
+
+It holds the run directory's lock (``train.run_dir.locked``) for the run; on resume it
+drops the metrics rows past the checkpoint's step. SIGINT or SIGTERM during training
+finishes the current step, saves a checkpoint at it and raises ``Interrupted`` (one
+line; a second signal exits at once). A run that trains nothing stops with
+``NothingTrained``: see ``LoopConfig.empty_first``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import pathlib
+import signal
+import sys
+import threading
 from typing import Any, Callable, Protocol
 
 import jax
@@ -22,6 +32,7 @@ from seam_jax.errors import SeamError
 from seam_jax.model.api import Params
 from seam_jax.train.checkpoint import CheckpointConfig, Checkpointer, abstract_like
 from seam_jax.train.metrics import MetricsWriter
+from seam_jax.train.run_dir import locked
 from seam_jax.train.step import State, TrainStep
 
 log = logging.getLogger(__name__)
@@ -29,6 +40,44 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(SeamError):
     """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+class NothingTrained(SeamError):
+    """Too many steps were skipped for an empty loss mask: the run would train nothing."""
+
+
+class Interrupted(SeamError):
+    """SIGINT or SIGTERM stopped training after a checkpoint at the current step."""
+
+    def __init__(self, msg: str, signum: int) -> None:
+        super().__init__(msg)
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+class _Signals:
+    """SIGINT/SIGTERM handlers for the loop: the first asks it to stop after the current
+    step; a second exits at once (os._exit, without waiting for a checkpoint). Only the
+    main thread can install handlers; elsewhere the defaults stay."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            print(f"seam_jax: {signal.Signals(signum).name} again: exiting now, without a "
+                  f"checkpoint at this step", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signum = signum
+        print(f"seam_jax: {signal.Signals(signum).name}: stopping after this step and saving a "
+              f"checkpoint (send it again to exit at once)", file=sys.stderr, flush=True)
+
+    def restore(self) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
 
 
 class BatchSource(Protocol):
@@ -47,6 +96,16 @@ class LoopConfig:
     progress: bool = True
     # For tests: stop after this many steps in this process (simulates a kill).
     stop_after: int | None = None
+    # A run that trains nothing fails (NothingTrained): once ``empty_first`` steps (or all
+    # ``steps``, if fewer) have run in this process, it stops as soon as more than
+    # ``empty_fraction`` of them were skipped for an empty loss mask; so all of the first
+    # five skipped stops it at the fifth. A few skipped steps (a batch of rows whose
+    # responses the context cuts off) are only warned about.
+    empty_first: int = 5
+    empty_fraction: float = 0.5
+    # The end of NothingTrained's line: how many rows fit the context, what to change.
+    empty_hint: str = ("the responses are cut off by the context length: raise it, or use "
+                       "shorter prompts")
 
 
 def run(
@@ -73,6 +132,13 @@ def run(
     target_keys = step_fn.target_keys
     if keep_params:
         params = jax.tree.map(jnp.copy, params)
+    with locked(loop.run_dir):  # a second run on this directory refuses with one line
+        return _run(params, step_fn, source, loop, meta, on_metrics, place_batch, target_keys)
+
+
+def _run(params: Params, step_fn: TrainStep, source: BatchSource, loop: LoopConfig,
+         meta: dict[str, Any] | None, on_metrics: Callable[[int, dict[str, float]], None] | None,
+         place_batch: Callable[[Any], Any], target_keys: tuple[str, ...]) -> State:
     state = step_fn.init(params, loop.seed)
     ckpt = Checkpointer(loop.run_dir / "checkpoints", loop.checkpoint)
     restored = ckpt.restore_latest(abstract_like(state))
@@ -83,14 +149,15 @@ def run(
         if meta and saved_meta.get("config_digest") not in (None, meta.get("config_digest")):
             log.warning("the checkpoint was written by a different config (digest %s, now %s)",
                         saved_meta.get("config_digest"), meta.get("config_digest"))
-    writer = MetricsWriter(loop.run_dir)
+    writer = MetricsWriter(loop.run_dir, keep_until=start)  # no rows past the checkpoint
     bar = None
     if loop.progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=loop.steps, initial=start, desc=loop.desc, unit="step", dynamic_ncols=True)
     last_good = start
-    done_here = 0
+    done_here = skipped = 0
+    signals = _Signals()
     try:
         for step in range(start, loop.steps):
             batches = place_batch(source.batch_at(step))
@@ -103,6 +170,14 @@ def run(
                     f"(step {last_good}) in {ckpt.directory} is untouched; lower the learning "
                     f"rate or check the data")
             if m.get("empty_mask"):
+                skipped += 1
+                ran = done_here + 1
+                if ran >= min(loop.empty_first, loop.steps) and skipped > loop.empty_fraction * ran:
+                    raise NothingTrained(
+                        f"{skipped} of the {ran} steps run (to step {step + 1}) had "
+                        f"no target tokens, so training stopped (the model would stay as it "
+                        f"was; the last checkpoint, step {last_good}, is untouched): "
+                        f"{loop.empty_hint}")
                 log.warning("step %d skipped: a batch has no target tokens (%s); its responses "
                             "may be truncated by the context length", step,
                             {k: int(m[k]) for k in target_keys})
@@ -113,12 +188,20 @@ def run(
                 bar.update(1)
                 bar.set_postfix({k: f"{row[k]:.4g}" for k in loop.postfix if k in row}, refresh=False)
             run_meta = {**(meta or {}), "step": step + 1, "data_position": step + 1, "seed": loop.seed}
-            if ckpt.save(step + 1, state, run_meta, force=step + 1 == loop.steps):
+            if ckpt.save(step + 1, state, run_meta,
+                         force=step + 1 == loop.steps or signals.signum is not None):
                 last_good = step + 1
             done_here += 1
+            if signals.signum is not None:
+                ckpt.wait()
+                raise Interrupted(
+                    f"{signal.Signals(signals.signum).name}: training stopped at step {step + 1} "
+                    f"of {loop.steps}; its checkpoint is in {ckpt.directory}: rerun the same "
+                    f"command to resume from it", signals.signum)
             if loop.stop_after is not None and done_here >= loop.stop_after:
                 break
     finally:
+        signals.restore()
         if bar is not None:
             bar.close()
         writer.close()
