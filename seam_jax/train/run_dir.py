@@ -5,9 +5,10 @@ stage results and export. Three things keep a rerun from mixing runs up:
 
 * **The manifest** ``RUN/run.json``, written at the first start: the config fields that
   change the arithmetic (``ARITHMETIC``: the model, data, SEAM, steps, optimiser and
-  seed sections, which hold the batch sizes and the data seed; not ``eval``, ``export``,
-  ``checkpoint``, logging, ``mesh`` or the model's file location, which change where
-  things go or what is measured afterwards, not the trained weights), their digest, the
+  seed sections, which hold the batch sizes and the data seed, less ``NOT_ARITHMETIC``;
+  not ``eval``, ``export``, ``checkpoint``, ``harm``, logging or ``mesh``, which change
+  where things go, how often they are saved or what is measured, not the trained
+  weights; a resumed run on another mesh is the same run), their digest, the
   model's identity (architecture, array shapes and a hash of the initial weights) and the
   data's (a hash of the rows and of the first step's tokens). A rerun whose fields or
   identities differ is refused with one line naming them, unless
@@ -46,9 +47,12 @@ MANIFEST = "run.json"
 LOCK = ".lock"
 # Config sections (and top-level fields) that change the trained weights.
 ARITHMETIC = ("model", "data", "seam", "steps", "optim", "seed")
-# Fields of those sections that only say where to find things (the weights' hash
-# identifies the model itself).
-LOCATION_ONLY = ("model.local_path", "model.allow_hub")
+# Fields of those sections that say where to find things, or size what is only measured
+# (the held-out test prompts, the attack split, the held-out geometry pairs). What they
+# lead to is still checked: the weights' hash identifies the model, the rows' and the
+# first step's hashes the training data.
+NOT_ARITHMETIC = ("model.local_path", "model.allow_hub", "model.tokenizer", "data.test",
+                  "data.test_split", "data.n_test", "data.n_attack", "seam.heldout_pairs")
 
 
 class RunDirError(SeamError):
@@ -71,7 +75,7 @@ def arithmetic_config(c: Any) -> dict[str, Any]:
     """The fields of config ``c`` that change the arithmetic (``ARITHMETIC``), flattened."""
     full = c.to_dict() if hasattr(c, "to_dict") else dict(c)
     fields = flat({k: full[k] for k in ARITHMETIC if k in full})
-    return {k: v for k, v in fields.items() if k not in LOCATION_ONLY}
+    return {k: v for k, v in fields.items() if k not in NOT_ARITHMETIC}
 
 
 def digest_of(value: Any) -> str:

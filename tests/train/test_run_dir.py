@@ -60,7 +60,8 @@ def test_manifest_refuses_another_config_naming_the_fields(tmp_path):
     # Fields that do not change the arithmetic (what is measured, how often it saves, where
     # the weights are found, logging) leave the run directory usable.
     rd.Manifest.open(tmp_path, _cfg(**{"eval.n_prompts": 1, "checkpoint.every": 1,
-                                       "model.local_path": "/x", "progress": True}),
+                                       "model.local_path": "/x", "progress": True,
+                                       "data.n_test": 4, "seam.heldout_pairs": 1}),
                      "seam").settle(**ident)
     with pytest.raises(rd.RunDirError) as e:
         rd.Manifest.open(tmp_path, _cfg(**{"seam.beta": 0.5, "optim.lr": 5e-3}), "seam")
