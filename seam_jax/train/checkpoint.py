@@ -10,14 +10,36 @@ exact or refused. Every array of the target tree must be in the checkpoint with 
 shape and dtype, and every array of the checkpoint (of the part restored: the whole
 state, or its params) must be in the target; otherwise ``CheckpointMismatch`` names
 the differing keys, and the checkpoint is left where it is. A checkpoint whose files
-cannot be read is a different matter: it is moved aside with a warning and the
-previous one is used; nothing is deleted.
+cannot be read, or whose bytes are not those that were saved, is a different matter:
+it is moved aside with one warning line and the previous one is used; nothing is
+deleted.
+
+Checksums. Orbax writes a step into a temporary directory and renames it to ``<step>``
+once every file is written (its atomic finalize; with async saves this happens in a
+background thread). Only after that, when the save is known to be complete (before
+the next save starts, and in ``wait``/``close``), process 0 hashes every file of the
+step directory and writes ``<step>/seam_sha256.json`` (relative path -> size and
+sha256) through a temporary file, fsync and ``os.replace``, so the file is either
+absent or whole. A restore first checks every listed file against it, before Orbax
+reads anything: a missing, resized or altered file sets the checkpoint aside (flipped
+bytes in an array's data would otherwise load as wrong numbers, since Orbax's chunks
+carry no checksum of their own). Checking first also keeps a damaged directory away
+from Orbax's reader, which, when one read fails, closes its event loop with the other
+tensorstore reads still in flight and so prints one "Event loop is closed" traceback
+per array. With ``kill -9`` at any moment a step directory is one of: absent or a
+temporary directory (Orbax ignores it; the previous step is used), finalized without
+``seam_sha256.json`` (killed between the finalize and the hash, or written by an
+older seam_jax: Orbax's finalize vouches that it is whole, so it is used, unverified,
+with one warning line), or finalized with a whole ``seam_sha256.json`` (verified).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
+import os
 import pathlib
 import time
 from typing import Any
@@ -90,6 +112,79 @@ def mismatch(saved: dict[str, tuple], wanted: dict[str, tuple]) -> str | None:
     return "; ".join(parts) or None
 
 
+SUMS = "seam_sha256.json"
+_CHUNK = 1 << 22  # read files 4 MiB at a time when hashing
+
+
+def _file_sha256(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files_of(step_dir: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in step_dir.rglob("*")
+                  if p.is_file() and p.name != SUMS and not p.name.startswith(SUMS + "."))
+
+
+def write_sums(step_dir: str | pathlib.Path) -> pathlib.Path:
+    """Hash every file of a finalized step directory into ``<step_dir>/seam_sha256.json``,
+    atomically (temporary file, fsync, ``os.replace``)."""
+    step_dir = pathlib.Path(step_dir)
+    files = {p.relative_to(step_dir).as_posix(): {"size": p.stat().st_size, "sha256": _file_sha256(p)}
+             for p in _files_of(step_dir)}
+    out = step_dir / SUMS
+    tmp = step_dir / f"{SUMS}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"version": 1, "files": files}, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    try:  # make the rename itself durable
+        fd = os.open(step_dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return out
+
+
+class ChecksumMismatch(SeamError):
+    """A checkpoint file whose size or sha256 is not the one written at save."""
+
+
+class MissingCheckpointFile(ChecksumMismatch):
+    """A file listed in ``seam_sha256.json`` that is not there."""
+
+
+def check_sums(step_dir: str | pathlib.Path) -> bool:
+    """True when ``step_dir`` has a ``seam_sha256.json`` and every file it lists is there
+    with that size and sha256; False when it has none (nothing to check against).
+    Raises ``ChecksumMismatch`` naming the first file that differs."""
+    step_dir = pathlib.Path(step_dir)
+    sums = step_dir / SUMS
+    if not sums.is_file():
+        return False
+    try:
+        files = json.loads(sums.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ChecksumMismatch(f"{sums} is not a checksum file ({type(e).__name__}: {e})") from None
+    for rel, want in sorted(files.items()):
+        path = step_dir / rel
+        if not path.is_file():
+            raise MissingCheckpointFile(f"{rel} is missing")
+        size = path.stat().st_size
+        if size != want["size"]:
+            raise ChecksumMismatch(f"{rel} has {size} bytes, {want['size']} were saved")
+        if _file_sha256(path) != want["sha256"]:
+            raise ChecksumMismatch(f"{rel} has another sha256 than the one written at save")
+    return True
+
+
 class Checkpointer:
     def __init__(self, directory: str | pathlib.Path, cfg: CheckpointConfig) -> None:
         self.directory = pathlib.Path(directory).expanduser().resolve()
@@ -102,12 +197,32 @@ class Checkpointer:
             item_handlers={"state": ocp.StandardCheckpointHandler(),
                            "meta": ocp.JsonCheckpointHandler()},
         )
+        self._unsummed: list[int] = []  # saved steps whose seam_sha256.json is not written yet
+
+    def _write_pending_sums(self) -> None:
+        """After the saves in flight are complete (finalized by Orbax): hash them."""
+        if not self._unsummed:
+            return
+        self.manager.wait_until_finished()
+        pending, self._unsummed = self._unsummed, []
+        if jax.process_index() != 0:
+            return
+        for step in pending:
+            step_dir = self.directory / str(step)
+            if step_dir.is_dir():  # max_to_keep may already have removed it
+                write_sums(step_dir)
 
     def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = False) -> bool:
         if not force and (step % self.cfg.every):
             return False
-        return self.manager.save(step, args=ocp.args.Composite(
+        self._write_pending_sums()  # Orbax waits for the previous save here anyway
+        saved = self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        if saved:
+            self._unsummed.append(step)
+            if not self.cfg.use_async:
+                self._write_pending_sums()
+        return saved
 
     def steps(self) -> list[int]:
         self.manager.reload()
@@ -124,7 +239,21 @@ class Checkpointer:
         ends with ``hint``.
         """
         wanted = array_specs(abstract_state if only is None else {only: abstract_state})
+        self._write_pending_sums()
         for step in reversed(self.steps()):
+            try:
+                verified = check_sums(self.directory / str(step))
+            except ChecksumMismatch as e:
+                self._set_aside_with_line(step, "cannot be read" if isinstance(
+                    e, MissingCheckpointFile) else "does not hold the bytes that were saved", e)
+                continue
+            except OSError as e:
+                self._unreadable(step, e)
+                continue
+            if not verified:
+                log.warning("checkpoint at step %d in %s has no %s (written by an older "
+                            "seam_jax, or the run stopped between the save and its checksum); "
+                            "it is used unverified", step, self.directory, SUMS)
             try:
                 saved = _saved_specs(self.manager.item_metadata(step)["state"])
             except Exception as e:  # orbax raises many types for a damaged directory
@@ -151,18 +280,23 @@ class Checkpointer:
         # A subtree: the arrays were compared above, so leaving out the rest of the state
         # (optimizer moments, step, RNG) drops nothing of what is restored.
         target = {only: abstract}
-        state = ocp.PyTreeCheckpointer().restore(
-            self.directory / str(step) / "state", args=ocp.args.PyTreeRestore(
-                target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                partial_restore=True))
+        with ocp.PyTreeCheckpointer() as reader:  # closed here, not left to the collector
+            state = reader.restore(
+                self.directory / str(step) / "state", args=ocp.args.PyTreeRestore(
+                    target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True))
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return state[only], dict(meta["meta"])
 
     def _unreadable(self, step: int, e: Exception) -> None:
+        self._set_aside_with_line(step, "cannot be read", e)
+
+    def _set_aside_with_line(self, step: int, what: str, e: Exception) -> None:
         aside = self._set_aside(step)
-        log.warning("checkpoint at step %d in %s cannot be read (%s: %s); it was moved "
-                    "to %s and the previous one is used", step, self.directory,
-                    type(e).__name__, str(e)[:200], aside)
+        reason = str(e).splitlines()[0][:200] if str(e) else ""
+        log.warning("checkpoint at step %d in %s %s (%s: %s); it was moved to %s and the "
+                    "previous one is used", step, self.directory, what, type(e).__name__,
+                    reason, aside)
 
     def _set_aside(self, step: int) -> pathlib.Path:
         """Rename an unreadable checkpoint out of the manager's sight (never delete it)."""
@@ -178,9 +312,11 @@ class Checkpointer:
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
+        self._write_pending_sums()
 
     def close(self) -> None:
         self.manager.wait_until_finished()
+        self._write_pending_sums()
         self.manager.close()
 
 
