@@ -15,6 +15,7 @@ import pytest
 
 import tiny
 from seam_jax.eval import geometry as geo_lib
+from seam_jax.model.api import ModelFn
 from seam_jax.seam.losses import masked_ce
 
 
@@ -86,3 +87,10 @@ def test_seam_job_writes_heldout_geometry_at_start_and_end(debug_seam_run):
     assert rows[0] != rows[1]  # training moved the parameters
     assert summary["heldout_geometry"]["cos"] == rows[-1]["cos"]
     assert (run / "heldout_geometry.png").stat().st_size > 1000
+
+
+def test_measured_in_float32_or_wider():
+    wide = tiny.model("float32")
+    narrow = ModelFn(wide.config.replace(dtype="bfloat16"))
+    assert geo_lib.wide_model(narrow).config.dtype == "float32"
+    assert geo_lib.wide_model(wide) is wide
