@@ -17,7 +17,7 @@ stage results and export. Three things keep a rerun from mixing runs up:
 * **The lock** ``RUN/.lock``: an advisory ``flock`` held for the run, so that a second
   run on the same directory refuses with one line instead of training beside the first.
 * **Keyed caches** (``cached``): a stage result (``eval_before.json`` and the like) is
-  stored with the key of what it measured (the model's weight hash and the config it was
+  stored with the key of what it measured (its ``measured_for`` field) (the model's weight hash and the config it was
   measured with) and reused only for that key; another key recomputes it.
 """
 
@@ -234,20 +234,26 @@ def _write_json(path: pathlib.Path, value: Any) -> None:
 # --- keyed caches -----------------------------------------------------------------------
 
 def cached(path: str | os.PathLike, key: dict[str, Any], compute: Callable[[], Any]) -> Any:
-    """``compute()``'s value, stored in ``path`` as ``{"key": key, "value": ...}`` and read
-    back only for the same ``key`` (what the value measured); another key, or a file
-    without one, recomputes and replaces it. A corrupt file is a one-line error."""
+    """``compute()``'s value, stored in ``path`` with the key of what it measured (a dict
+    value keeps its own fields and gains ``"measured_for": key``; any other value is
+    stored as ``{"measured_for": key, "cached_value": value}``) and read back only for the
+    same ``key``; another key, or a file without one, recomputes and replaces it. A
+    corrupt file is a one-line error."""
     path = pathlib.Path(path)
     key = json.loads(json.dumps(key, sort_keys=True, default=str))
     if path.is_file():
         stored = read_json(path)  # a corrupt one is named, not a bare JSONDecodeError
-        if isinstance(stored, dict) and stored.get("key") == key and "value" in stored:
-            return stored["value"]
-        old = stored.get("key", {}) if isinstance(stored, dict) else {}
+        old = stored.get("measured_for") if isinstance(stored, dict) else None
+        if old == key:
+            if set(stored) == {"measured_for", "cached_value"}:
+                return stored["cached_value"]
+            return {k: v for k, v in stored.items() if k != "measured_for"}
         log.info("%s was measured for something else (%s); measuring again", path,
-                 _listed(_differences(old if isinstance(old, dict) else {}, key)) or "no key")
+                 _listed(_differences(old, key)) if isinstance(old, dict) else "no key")
     value = compute()
-    _write_json(path, {"key": key, "value": value})
+    record = ({**value, "measured_for": key} if isinstance(value, dict)
+              else {"measured_for": key, "cached_value": value})
+    _write_json(path, record)
     return value
 
 

@@ -149,7 +149,9 @@ def test_cached_result_is_reused_only_for_what_it_measured(tmp_path, caplog):
     other = {"model": {"weights": "b"}, "eval.n_prompts": 4}
     assert rd.cached(path, other, measure(0.3)) == {"refusal_rate": 0.3}
     assert "model.weights 'a' -> 'b'" in caplog.text
-    assert json.loads(path.read_text())["key"] == other
+    assert json.loads(path.read_text()) == {"refusal_rate": 0.3, "measured_for": other}
+    assert rd.cached(tmp_path / "n.json", key, lambda: 7) == 7 == rd.cached(tmp_path / "n.json",
+                                                                          key, lambda: 8)
     # A result without a key (left by an older version, or copied in) is never trusted.
     path.write_text(json.dumps({"refusal_rate": 0.9}))
     assert rd.cached(path, other, measure(0.4)) == {"refusal_rate": 0.4}
