@@ -4,9 +4,22 @@
     python -m seam_jax.main --config=configs/theory.py --config.theory.dtypes=float32   # float32 only
 
 Sweeps eps over 1e-9..1e-1 (one point a decade) and measures the error of the forward
-(Eq. 6) and central differences of grad L_sd against exact_hvp, with Theorem 1's bound,
-in float32 and in bfloat16 compute (float32 master weights); outputs go to run_dir
-(theorem1.csv/.json/.png, summary.json). The batches are one SEAM step's adv and bgn,
+(Eq. 6) and central differences of grad L_sd against exact_hvp, with Theorem 1's bound
+(the central rows with rho sampled on both sides of theta), in the arms float32,
+bfloat16 (float32 master weights, bfloat16 compute, the estimator in bfloat16: the
+``compute``/``faithful`` policies) and bfloat16_pure (bfloat16 weights and compute, the
+perturbation rounded into the weights: the original's setting). Each row records the
+realised perturbation cos(delta, eps d) and |delta - eps d|/|eps d|. The arm
+bfloat16_sd32 (``seam.sd_precision='float32'``) computes grad L_sd in float32 arithmetic,
+bit for bit the float32 arm (tests/theory/test_arms.py), so it is left out here; add it
+to theory.dtypes to have it in the table by name. The exact_hvp policy's error in each
+arm's dtype is in theorem1.json (dtypes.*.exact_hvp_rel_error). Outputs go to run_dir
+(theorem1.csv/.json/.png, summary.json).
+
+The SmolLM2 table at eps 1e-4..1e-1, within 10 CPU-minutes (rho at 2 points a side):
+
+    python -m seam_jax.main --config=configs/theory.py --config.theory.eps_grid=1e-4:1e-1:4 \
+        --config.theory.n_rho_samples=2 --config.run_dir=runs/theory_bf16 The batches are one SEAM step's adv and bgn,
 2 x 64 tokens: the size that keeps the float32 part near 10 CPU-minutes.
 
 Measured on a quiet 2-core CPU, float32 only (--config.theory.dtypes=float32): 7.2 min
@@ -19,7 +32,8 @@ float64 is off by default: a float64 sweep would add ~11 minutes and a float64 r
 ~4 more (8.7 GB peak for a third-derivative product alone), for a reference whose float32
 error (~1e-6 relative) is already far below the float32 finite-difference floor (~1e-2).
 The float64 sweep is covered on tiny models by tests/theory and configs/debug.py:theory.
-rho is sampled at s = 0 and 6 points of [1e-3, 1e-1] (n_rho_samples = 6; ~36 s a point).
+rho is sampled at s = 0 and 6 points of [1e-3, 1e-1] on each side of theta
+(n_rho_samples = 6; ~36 s a point, so the negative side, for the central bound, adds ~3.6 min).
 With 3 points the measured error at eps = 1e-2 came out 1.03x the bound: the sup of
 |D^3 l| over the segment was underestimated between samples. With 6 it is 0.86x.
 """
@@ -37,7 +51,7 @@ def get_config(arg: str | None = None):
     c.data.context_length = 64
     c.data.batch_size = 2
     c.theory.eps_grid = "1e-9:1e-1:9"
-    c.theory.dtypes = "float32,bfloat16"
+    c.theory.dtypes = "float32,bfloat16,bfloat16_pure"
     c.theory.reference = "auto"  # float32 here
     c.theory.n_rho_samples = 6
     c.seam.eps = 1e-3  # the eps whose regime the summary reports (the paper's)

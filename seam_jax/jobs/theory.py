@@ -8,6 +8,12 @@ Writes to ``run_dir``: ``theorem1.csv`` (one row per precision, estimator and ep
 ``theorem1.json`` (the rows, the reference quantities, the analysis), ``theorem1.png``
 (log-log error against eps per precision) and ``summary.json`` (per precision: the regime
 of ``seam.eps``, best eps, floor, slopes), and logs a verdict per precision.
+
+A precision is an arm (``theory.precision.PRECISIONS``): float64, float32, ``bfloat16``
+(float32 master, bfloat16 compute, the estimator in bfloat16), ``bfloat16_sd32`` (the same
+with ``seam.sd_precision='float32'``) and ``bfloat16_pure`` (bfloat16 weights, the
+original's setting). Each row also records the realised perturbation
+``cos(delta, eps d)`` and ``|delta - eps d| / |eps d|`` in the arm's estimator dtype.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from seam_jax.jobs.data import load_experiment_data, seam_batches
 from seam_jax.theory import bound, report
 from seam_jax.theory.precision import (
     PRECISIONS, Precision, cast_params, get_precision, model_for, parse_precisions, precision_scope,
-    warn_if_vanishing,
+    realised_perturbation, warn_if_vanishing,
 )
 
 log = logging.getLogger(__name__)
@@ -39,8 +45,8 @@ def reference_precision(name: str, precisions: list[Precision]) -> Precision:
     if str(name) == "auto":
         return PRECISIONS["float64"] if PRECISIONS["float64"] in precisions else PRECISIONS["float32"]
     p = get_precision(name)
-    if p.name == "bfloat16":
-        raise ConfigError("theory.reference='bfloat16': the reference must be float32 or float64 "
+    if p.name.startswith("bfloat16"):
+        raise ConfigError(f"theory.reference={p.name!r}: the reference must be float32 or float64 "
                           "(bfloat16 compute is what is being measured, not a ground truth)")
     return p
 
@@ -106,7 +112,11 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
                 # The check the training job makes, at the eps training uses.
                 geo = bound.geometry_in(ref, params)
                 info["survival_at_seam_eps"] = {
-                    k: warn_if_vanishing(params, d, paper_eps, p.compute_dtype, name=k)
+                    k: warn_if_vanishing(params, d, paper_eps, p.sd_compute_dtype, name=k)
+                    for k, d in (("d_a", geo.d_a), ("d_b", geo.d_b))}
+                # ... and the realised perturbation there, which the training job's check uses.
+                info["realised_at_seam_eps"] = {
+                    k: realised_perturbation(params, d, paper_eps, p.sd_compute_dtype)
                     for k, d in (("d_a", geo.d_a), ("d_b", geo.d_b))}
                 del params, geo
             info["seconds"] = round(time.time() - t_p, 1)

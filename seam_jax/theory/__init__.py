@@ -4,6 +4,8 @@
   sampled third-derivative products, the leading Taylor term) and the eps sweep of the
   forward and central differences, as pure functions returning records.
 - ``report``: regimes (truncation, round-off), slopes, floor and best eps; CSV, JSON, PNG.
-- ``precision``: the dtype settings, and whether ``theta + eps d`` survives rounding
-  (``perturbation_survival``, ``warn_if_vanishing``, ``check_perturbation`` for training).
+- ``precision``: the arms (master dtype, compute dtype, ``seam.sd_precision``), and whether
+  ``theta + eps d`` survives rounding (``perturbation_survival``, ``realised_perturbation``:
+  ``cos(delta, eps d)``), with ``check_sd_precision``, the SEAM job's refusal of a finite
+  difference that would be mostly rounding.
 """

@@ -21,7 +21,9 @@ and, with ``rho`` a bound on ``|D^3 l(theta + r d)[dhat, dhat, .]|`` (``dhat = d
 the segment, ``|e(eps)| <= (eps/2)(1 - c^2)(rho_a/|g_a| + rho_b/|g_b|)`` (the tight form);
 the paper states ``(eps/2)(rho_a/|g_a| + rho_b/|g_b|)``. The central difference obeys the
 same bound (each half is a forward difference of step eps, divided by 2 eps) with rho over
-the two-sided segment; its error is ``O(eps^2)``, as its even Taylor terms cancel.
+the two-sided segment ``[theta - eps d, theta + eps d]``: ``reference`` samples T on both
+sides of theta (at ``-s`` as well as ``s``) and the central rows' bound uses the larger
+of the two; its error is ``O(eps^2)``, as its even Taylor terms cancel.
 
 How rho is estimated. A Lipschitz constant of the Hessian along d is what the proof
 uses, i.e. the sup over the segment ``[theta, theta + eps_max d]`` of the norm of
@@ -67,7 +69,7 @@ from seam_jax.seam.sd_grad import (
     sd_gradient,
 )
 from seam_jax.tree import error_norm, error_vector, np_norm, to_numpy, tree_norm, tree_scale
-from seam_jax.theory.precision import Precision, perturbation_survival
+from seam_jax.theory.precision import Precision, realised_perturbation
 
 Tree = Any
 FD_ESTIMATORS = ("hessian_free", "central")
@@ -134,7 +136,8 @@ class Reference:
       exact: ``grad L_sd`` by ``exact_hvp`` (numpy); exact_norm its norm.
       rho_a, rho_b: sampled sup of ``|D^3 l(theta + s d)[dhat, dhat, .]|`` over ``s in [0, eps_max]``
         (``rho_at(eps)`` gives the sup over the segment of one eps).
-      rho_samples: ``[{"s", "T_a", "T_b"}]``, the sampled norms, by increasing s.
+      rho_samples: ``[{"s", "T_a", "T_b"}]``, the sampled norms: s = 0, the ``rho_points`` by
+        increasing s, then the same points on the other side of theta (``-s``).
       lead: ``lim e(eps)/eps`` for the forward difference (numpy, or None); lead_norm its norm.
     """
 
@@ -153,11 +156,13 @@ class Reference:
     lead_norm: float
     eps_max: float
 
-    def rho_at(self, eps: float) -> tuple[float, float]:
-        """(rho_a, rho_b) over the samples in ``[0, s*]``, ``s*`` the first sample >= eps."""
-        upto = next((x["s"] for x in self.rho_samples if x["s"] >= eps * (1 - 1e-9)),
-                    self.rho_samples[-1]["s"])
-        inside = [x for x in self.rho_samples if x["s"] <= upto]
+    def rho_at(self, eps: float, two_sided: bool = False) -> tuple[float, float]:
+        """(rho_a, rho_b) over the samples in ``[0, s*]``, ``s*`` the first sample >= eps;
+        ``two_sided``: over ``[-s*, s*]`` (the central difference's segment)."""
+        pos = [x for x in self.rho_samples if x["s"] >= 0]
+        upto = next((x["s"] for x in pos if x["s"] >= eps * (1 - 1e-9)), pos[-1]["s"])
+        inside = [x for x in self.rho_samples
+                  if (abs(x["s"]) if two_sided else x["s"]) <= upto and (two_sided or x["s"] >= 0)]
         return max(x["T_a"] for x in inside), max(x["T_b"] for x in inside)
 
     def summary(self) -> dict[str, Any]:
@@ -181,8 +186,8 @@ def reference(fn: ModelFn, params: Params, batch_a: dict, batch_b: dict, precisi
     """The exact ``grad L_sd``, rho_a, rho_b and the leading error term at theta.
 
     Call inside ``precision_scope(precision)`` with ``fn``/``params`` in that precision.
-    Cost: two gradients, two hvps and ``2 (n_rho_samples + 1)`` third-derivative products
-    (``s = 0`` and the ``rho_points``).
+    Cost: two gradients, two hvps and ``2 (2 n_rho_samples + 1)`` third-derivative products
+    (``s = 0`` and the ``rho_points`` on both sides of theta, ``s`` and ``-s``).
     ``keep_lead=False`` keeps only ``|lead|`` (``lead`` is None): one parameter-sized
     tree less for a job that only tabulates ``eps |lead|``.
     """
@@ -208,7 +213,8 @@ def reference(fn: ModelFn, params: Params, batch_a: dict, batch_b: dict, precisi
                             "and Theorem 1 has nothing to bound; pick another theory.batch_step")
         units.append((nd, tree_scale(1.0 / nd, d)))
     (nd_a, u_a), (nd_b, u_b) = units
-    s_points = [0.0] + rho_points(eps_max, n_rho_samples)
+    positive = rho_points(eps_max, n_rho_samples)
+    s_points = [0.0] + positive + [-x for x in positive]
     samples, t0 = [], None
     for s in s_points:
         t_a = third(perturb(params, geo.d_a, s), batch_a, u_a)
@@ -224,17 +230,19 @@ def reference(fn: ModelFn, params: Params, batch_a: dict, batch_b: dict, precisi
         precision=precision.name, norm_a=na, norm_b=nb, cos=c,
         d_a=to_numpy(geo.d_a), d_b=to_numpy(geo.d_b), exact=to_numpy(exact),
         exact_norm=float(tree_norm(exact)),
-        rho_a=max(x["T_a"] for x in samples), rho_b=max(x["T_b"] for x in samples),
+        rho_a=max(x["T_a"] for x in samples if x["s"] >= 0),
+        rho_b=max(x["T_b"] for x in samples if x["s"] >= 0),
         rho_samples=samples, lead=to_numpy(lead) if keep_lead else None, lead_norm=float(tree_norm(lead)),
         eps_max=float(eps_max))
 
 
-def bounds(eps: float, ref: Reference) -> tuple[float, float]:
+def bounds(eps: float, ref: Reference, two_sided: bool = False) -> tuple[float, float]:
     """(tight, paper): ``(eps/2)(1 - c^2)(rho_a/|g_a| + rho_b/|g_b|)`` and the form without ``1 - c^2``.
 
-    rho is ``ref.rho_at(eps)``, the sampled sup over the segment ``[theta, theta + eps d]``.
+    rho is ``ref.rho_at(eps)``, the sampled sup over the segment ``[theta, theta + eps d]``
+    (``two_sided``: over ``[theta - eps d, theta + eps d]``, for the central difference).
     """
-    rho_a, rho_b = ref.rho_at(eps)
+    rho_a, rho_b = ref.rho_at(eps, two_sided)
     paper = 0.5 * eps * (rho_a / ref.norm_a + rho_b / ref.norm_b)
     return (1.0 - ref.cos ** 2) * paper, paper
 
@@ -263,8 +271,11 @@ def sweep(fn: ModelFn, params: Params, batch_a: dict, batch_b: dict, ref: Refere
       records: one dict per (estimator, eps): ``error`` ``|grad^ - grad|``, ``rel_error``
         (over ``|grad L_sd|``), ``estimate_rel`` (``|grad^| / |grad|``), ``bound`` (tight),
         ``bound_paper``, ``rho_a``/``rho_b`` (this eps's segment), ``taylor`` (``eps |lead|``,
-        forward difference only), ``within_bound`` and ``survival_a/_b`` (fractions of the
-        moving coordinates of ``theta + eps d`` that survive the casts).
+        forward difference only), ``within_bound``, ``survival_a/_b`` (fractions of the
+        moving coordinates of ``theta + eps d`` that survive the casts), and the realised
+        perturbation ``delta = cast(theta + eps d) - cast(theta)`` in the estimator's compute
+        dtype: ``delta_cos_a/_b`` ``cos(delta, eps d)``, ``delta_rel_a/_b`` ``|delta - eps d| / |eps d|``.
+        The central rows' bound and rho are two-sided.
       info: this precision's own ``exact_hvp`` error against the reference, and its
         own ``c`` (from its own gradients).
     """
@@ -276,6 +287,8 @@ def sweep(fn: ModelFn, params: Params, batch_a: dict, batch_b: dict, ref: Refere
     geo = geometry_in(ref, params)
     info: dict[str, Any] = {"precision": precision.name, "param_dtype": precision.param_dtype,
                             "compute_dtype": precision.compute_dtype,
+                            "sd_precision": precision.sd_precision,
+                            "sd_compute_dtype": precision.sd_compute_dtype,
                             "cos_own": float(geometry(g_a, g_b).cos)}
     info["is_reference"] = precision.name == ref.precision
     if info["is_reference"]:
@@ -287,21 +300,27 @@ def sweep(fn: ModelFn, params: Params, batch_a: dict, batch_b: dict, ref: Refere
     info["exact_hvp_rel_error"] = info["exact_hvp_error"] / ref.exact_norm
     records: list[dict[str, Any]] = []
     for eps in eps_grid:
-        tight, paper = bounds(eps, ref)
-        rho_a, rho_b = ref.rho_at(eps)
-        survival = {f"survival_{k}": perturbation_survival(params, d, eps, precision.compute_dtype)
-                    for k, d in (("a", geo.d_a), ("b", geo.d_b))}
+        # The perturbation the estimator's forward pass sees (its compute dtype, after the
+        # master dtype's rounding) against eps d.
+        seen = {}
+        for k, d in (("a", geo.d_a), ("b", geo.d_b)):
+            r = realised_perturbation(params, d, eps, precision.sd_compute_dtype)
+            seen.update({f"survival_{k}": r["survival"], f"delta_cos_{k}": r["cos"],
+                         f"delta_rel_{k}": r["rel_error"]})
         for name, est in fd_estimates(grad_fn, params, batch_a, batch_b, g_a, g_b, geo, eps,
                                       estimators, vmap=vmap):
             err = error_norm(est, ref.exact)
             est_norm = float(tree_norm(est))
             del est
+            tight, paper = bounds(eps, ref, two_sided=name == "central")
+            rho_a, rho_b = ref.rho_at(eps, two_sided=name == "central")
             records.append({
                 "dtype": precision.name, "estimator": name, "eps": float(eps),
                 "error": err, "rel_error": err / ref.exact_norm, "estimate_rel": est_norm / ref.exact_norm,
                 "bound": tight, "bound_paper": paper, "rho_a": rho_a, "rho_b": rho_b,
                 "taylor": eps * ref.lead_norm if name == "hessian_free" else float("nan"),
-                "within_bound": bool(err <= tight), **survival,
+                "within_bound": bool(err <= tight), "sd_precision": precision.sd_precision,
+                "sd_compute_dtype": precision.sd_compute_dtype, **seen,
             })
         if on_eps is not None:
             on_eps(eps)

@@ -1,10 +1,19 @@
 """Precisions for the Theorem 1 check, and whether ``theta + eps d`` survives rounding.
 
-A precision is a pair (master dtype of theta, compute dtype of the forward pass):
+A precision (an arm of the check) is a master dtype of theta, a compute dtype of the
+forward pass, and the L_sd policy (``seam.sd_precision``) that decides in which dtype the
+estimator's gradients are computed:
 
 - ``float64``: float64 weights and compute (needs JAX's x64 mode, enabled here for it);
 - ``float32``: float32 weights and compute;
-- ``bfloat16``: float32 master weights, bfloat16 compute (the usual mixed precision).
+- ``bfloat16``: float32 master weights, bfloat16 compute, the estimator in bfloat16
+  (``sd_precision`` ``compute``/``faithful``: theta + eps d formed in float32, then cast);
+- ``bfloat16_sd32``: float32 master weights, bfloat16 compute, ``sd_precision='float32'``:
+  the estimator's gradients in float32 (for grad L_sd this arm *is* float32 arithmetic; the
+  rest of a training step stays in bfloat16);
+- ``bfloat16_pure``: bfloat16 weights and compute, the perturbation rounded into the
+  bfloat16 weights (the original's pure-bfloat16 setting; theta itself is then the
+  bfloat16 rounding of the reference's theta).
 
 The finite difference of SEAM's Eq. 6 adds ``eps d`` (``|d|^2 = 1 - c^2``, spread over all
 N parameters, about ``eps / sqrt(N)`` per coordinate) to theta in the master dtype; the
@@ -48,16 +57,24 @@ class Precision:
     name: str
     param_dtype: str
     compute_dtype: str
+    sd_precision: str = "compute"
 
     @property
     def needs_x64(self) -> bool:
         return "float64" in (self.param_dtype, self.compute_dtype)
+
+    @property
+    def sd_compute_dtype(self) -> str:
+        """The dtype the L_sd estimator's gradients are computed in under ``sd_precision``."""
+        return "float32" if widens(self.sd_precision, self.compute_dtype) else self.compute_dtype
 
 
 PRECISIONS: dict[str, Precision] = {
     "float64": Precision("float64", "float64", "float64"),
     "float32": Precision("float32", "float32", "float32"),
     "bfloat16": Precision("bfloat16", "float32", "bfloat16"),
+    "bfloat16_sd32": Precision("bfloat16_sd32", "float32", "bfloat16", sd_precision="float32"),
+    "bfloat16_pure": Precision("bfloat16_pure", "bfloat16", "bfloat16", sd_precision="faithful"),
 }
 
 
@@ -66,7 +83,8 @@ def get_precision(name: str) -> Precision:
     key = str(name).strip()
     if key not in PRECISIONS:
         raise ConfigError(f"unknown precision {key!r} for the Theorem 1 check; choose among "
-                          f"{sorted(PRECISIONS)} (bfloat16 = float32 master weights, bfloat16 compute)")
+                          f"{sorted(PRECISIONS)} (bfloat16 = float32 master weights, bfloat16 compute; "
+                          "_sd32: the L_sd gradients in float32; _pure: bfloat16 weights too)")
     return PRECISIONS[key]
 
 
@@ -115,8 +133,9 @@ def _check_float64(p: Precision) -> None:
 
 
 def model_for(cfg: ModelConfig, p: Precision) -> ModelFn:
-    """The model function of ``cfg`` in precision ``p`` (call inside ``precision_scope(p)``)."""
-    return ModelFn(cfg.replace(param_dtype=p.param_dtype, dtype=p.compute_dtype))
+    """The model function of ``p``'s L_sd estimator for ``cfg`` (call inside ``precision_scope(p)``):
+    master ``p.param_dtype``, compute ``p.sd_compute_dtype``."""
+    return ModelFn(cfg.replace(param_dtype=p.param_dtype, dtype=p.sd_compute_dtype))
 
 
 def cast_params(params: Params, p: Precision) -> Params:

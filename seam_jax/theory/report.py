@@ -39,7 +39,9 @@ FACTOR = 2.0  # "dominates": at least twice the other term
 VANISHED = 1e-3  # |estimate| / |grad L_sd| below which the estimate is rounding's zero
 ORDER = {"hessian_free": 1, "central": 2}
 CSV_FIELDS = ("dtype", "estimator", "eps", "error", "rel_error", "estimate_rel", "bound", "bound_paper",
-              "rho_a", "rho_b", "taylor", "within_bound", "survival_a", "survival_b", "regime")
+              "rho_a", "rho_b", "taylor", "within_bound", "survival_a", "survival_b",
+              "delta_cos_a", "delta_cos_b", "delta_rel_a", "delta_rel_b", "sd_precision",
+              "sd_compute_dtype", "regime")
 LABELS = {"hessian_free": "forward difference (Eq. 6)", "central": "central difference"}
 
 
@@ -274,6 +276,10 @@ def plot(records: list[dict[str, Any]], analysis: dict[str, dict[str, Any]],
         src = fwd or rows
         ax.loglog(eps, [r["bound"] / exact_norm for r in src], "k--", lw=1,
                   label=r"bound $\frac{\epsilon}{2}(1-c^2)(\frac{\rho_a}{|g_a|}+\frac{\rho_b}{|g_b|})$")
+        cen_rows = [r for r in rows if r["estimator"] == "central"]
+        if cen_rows:
+            ax.loglog([r["eps"] for r in cen_rows], [r["bound"] / exact_norm for r in cen_rows], "-.",
+                      color="0.35", lw=1, label=r"central's bound ($\rho$ on both sides of $\theta$)")
         ax.loglog(eps, [r["bound_paper"] / exact_norm for r in src], "k:", lw=1,
                   label=r"paper's $\frac{\epsilon}{2}(\frac{\rho_a}{|g_a|}+\frac{\rho_b}{|g_b|})$")
         if fwd:

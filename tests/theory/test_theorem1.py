@@ -62,12 +62,18 @@ def test_reference_is_float64_and_consistent(setup):
     ref = setup["ref"]
     assert all(np.asarray(x).dtype == np.float64 for x in jax.tree.leaves(ref.exact))
     assert -1 < ref.cos < 1 and ref.norm_a > 0 and ref.norm_b > 0
-    assert [x["s"] for x in ref.rho_samples] == pytest.approx([0.0, 1e-3, 1e-2, 1e-1])
+    assert [x["s"] for x in ref.rho_samples] == pytest.approx([0.0, 1e-3, 1e-2, 1e-1, -1e-3, -1e-2, -1e-1])
     assert ref.rho_a >= ref.rho_samples[0]["T_a"] > 0
     # rho(eps) covers [theta, theta + eps d] with the samples up to the first s >= eps.
     assert ref.rho_at(1e-9)[0] == max(x["T_a"] for x in ref.rho_samples[:2])
     assert ref.rho_at(2e-3)[0] == max(x["T_a"] for x in ref.rho_samples[:3])
     assert ref.rho_at(1e-1) == (ref.rho_a, ref.rho_b)
+    # Two-sided (the central difference's segment [theta - eps d, theta + eps d]).
+    assert ref.rho_at(2e-3, two_sided=True)[0] == max(x["T_a"] for x in ref.rho_samples
+                                                     if abs(x["s"]) <= 1e-2 * (1 + 1e-9))
+    assert ref.rho_at(1e-1, two_sided=True)[1] == max(x["T_b"] for x in ref.rho_samples)
+    central = [r for r in setup["records"] if r["estimator"] == "central"]
+    assert all(r["bound"] == pytest.approx(bound.bounds(r["eps"], ref, two_sided=True)[0]) for r in central)
     tight, paper = bound.bounds(1e-3, ref)
     assert tight == pytest.approx((1 - ref.cos ** 2) * paper, rel=1e-12) and tight <= paper
 
