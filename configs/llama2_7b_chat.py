@@ -5,9 +5,24 @@
 
 AdamW, lr 2e-5, cosine schedule, warmup 0.1, no weight decay, no clipping, batch 8,
 500 steps, context 256, "Question/Answer" format; alpha 1, beta 0.01, eps 1e-3; bf16
-compute over float32 master weights (the perturbation stays in float32), scanned and
-rematerialised layers. Needs the hub (or a local copy via model.source) and the data
-sets named below.
+compute over float32 master weights, scanned and rematerialised layers. Needs the hub
+(or a local copy via model.source) and the data sets named below.
+
+The L_sd gradient: seam.sd_precision = "float32". theta + eps d is formed in the float32
+master weights, but a bfloat16 forward pass casts it to bfloat16, whose spacing (2^-8 of
+|theta_i|) is far above eps |d_i| (about eps / sqrt(N)): the cast rounds the perturbation
+away, and Eq. 6 in bfloat16 is rounding divided by eps. Measured: on the tiny test model
+at eps 1e-3 the bfloat16 finite difference ("faithful", the original's arithmetic) is off
+by 11x |grad L_sd|, the float32 one by 1.6e-3, exact_hvp in bfloat16 by 1.8e-2
+(tests/seam/test_sd_precision.py); on SmolLM2-135M, the Theorem 1 job
+(configs/theory.py) measured the bfloat16 forward difference at eps 1e-3 about 20x off
+with 3.4% of the coordinates surviving. "float32" computes the gradients of the
+difference (at theta and at theta + eps d) in float32 by one program while the rest of
+the step stays in bfloat16; its cost is those four float32 gradient evaluations in place
+of two bfloat16 ones (the step's bfloat16 g_b is then unused, so XLA may drop its backward
+pass; FLOPs and time on hardware not measured yet). The SEAM job
+refuses "compute" here with one line (the realised perturbation's cosine with eps d is
+below 0.9); "faithful" reproduces the original's rounding on purpose.
 """
 
 from seam_jax.config import base_config
@@ -40,6 +55,7 @@ def paper_config(model: str, run_dir: str):
     c.seam.alpha = 1.0
     c.seam.beta = 0.01
     c.seam.eps = 1e-3
+    c.seam.sd_precision = "float32"  # see the docstring: a bfloat16 difference is rounding
     c.steps = 500
     c.optim.lr = 2e-5
     c.optim.warmup_ratio = 0.1

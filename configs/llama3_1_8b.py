@@ -1,5 +1,9 @@
 """SEAM on Llama-3.1-8B-Instruct with the paper's hyperparameters (see llama2_7b_chat.py).
 
+bf16 compute over float32 master weights, with the L_sd finite difference's gradients in
+float32 (seam.sd_precision = "float32", set in llama2_7b_chat.paper_config): in bfloat16
+the cast rounds theta + eps d back to theta (llama2_7b_chat.py has the measurements).
+
     python -m seam_jax.main --config=configs/llama3_1_8b.py \
         --config.data.harmful=PATH/beavertails_with_refusals_train.json
 """
