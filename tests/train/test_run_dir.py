@@ -158,6 +158,21 @@ def test_cached_result_is_reused_only_for_what_it_measured(tmp_path, caplog):
     assert calls == [0.1, 0.3, 0.4]
 
 
+@pytest.mark.e2e  # a whole (1-step) SEAM job with its before/after evaluation
+def test_an_eval_before_of_another_model_is_not_reported(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    # Before: a stray eval_before.json (another model's, here made up) went into the summary.
+    (run_dir / "eval_before.json").write_text(json.dumps({"harmful_refusal_rate": 0.123}))
+    assert main(["seam_jax", f"--config={REPO / 'configs/debug.py'}", "--config.steps=1",
+                 f"--config.run_dir={run_dir}"]) == 0
+    before = json.loads((run_dir / "summary.json").read_text())["before"]
+    assert before["harmful_refusal_rate"] != 0.123 and "measured_for" not in before
+    stored = json.loads((run_dir / "eval_before.json").read_text())
+    assert stored["measured_for"]["model"]["weights"] == json.loads(
+        (run_dir / "run.json").read_text())["model"]["weights"]
+
+
 # --- 4. a run that trains nothing fails --------------------------------------------------
 
 def _step(steps=10):
