@@ -14,9 +14,12 @@ master weights, but a bfloat16 forward pass casts it to bfloat16, whose spacing 
 away, and Eq. 6 in bfloat16 is rounding divided by eps. Measured: on the tiny test model
 at eps 1e-3 the bfloat16 finite difference ("faithful", the original's arithmetic) is off
 by 11x |grad L_sd|, the float32 one by 1.6e-3, exact_hvp in bfloat16 by 1.8e-2
-(tests/seam/test_sd_precision.py); on SmolLM2-135M, the Theorem 1 job
-(configs/theory.py) measured the bfloat16 forward difference at eps 1e-3 about 20x off
-with 3.4% of the coordinates surviving. "float32" computes the gradients of the
+(tests/seam/test_sd_precision.py); on SmolLM2-135M (the Theorem 1 job, configs/theory.py)
+at eps 1e-3 the forward difference is off by 42x |grad L_sd| with bfloat16 compute over
+float32 master weights (the realised perturbation's cosine with eps d: 0.048), by 17x in
+pure bfloat16 (the original's setting; cosine 0.19), by 5.6e-3 in float32; exact_hvp in
+bfloat16 compute is off by 0.15. No eps in 1e-4..1e-1 brings a bfloat16 difference
+under 0.5. "float32" computes the gradients of the
 difference (at theta and at theta + eps d) in float32 by one program while the rest of
 the step stays in bfloat16; its cost is those four float32 gradient evaluations in place
 of two bfloat16 ones (the step's bfloat16 g_b is then unused, so XLA may drop its backward

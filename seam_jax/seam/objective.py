@@ -3,7 +3,9 @@
 Gradient evaluations per step: one forward of the harmful batch at theta with two
 backward passes (``L_ul`` and ``g_a`` share it), one for ``L_up``, one for ``g_b``,
 and those of the ``L_sd`` estimator (two for ``hessian_free``). The original code
-runs the harmful batch forward twice at theta.
+runs the harmful batch forward twice at theta. Under ``sd_precision='float32'`` on a
+bfloat16 model the estimator adds two float32 gradients at theta (``g_a``, ``g_b`` for
+L_sd, by the perturbed gradients' own program), and its perturbed gradients are float32.
 """
 
 from __future__ import annotations

@@ -193,8 +193,8 @@ def warn_if_vanishing(params: Params, d: Tree, eps: float, compute_dtype: Any, *
         (logger or log).warning(
             "the finite-difference perturbation eps*%s (eps=%g) survives rounding in only %.2f%% of "
             "the coordinates (master %s, compute %s): the Hessian-free estimate of grad L_sd is "
-            "then mostly rounding. Use seam.estimator='exact_hvp' (an exact jax.jvp), or a wider "
-            "dtype, or a larger eps.", name, eps, 100 * frac, master, jnp.dtype(parse_dtype(compute_dtype)))
+            "then mostly rounding. Use seam.sd_precision='float32' (the difference's gradients in "
+            "float32), seam.estimator='exact_hvp' (an exact jax.jvp), or a larger eps.", name, eps, 100 * frac, master, jnp.dtype(parse_dtype(compute_dtype)))
     return frac
 
 

@@ -172,3 +172,35 @@ def test_check_names_the_master_weights_when_they_round(bf16_case):
     params = pure.init(0)
     with pytest.raises(ConfigError, match=r"--config\.model\.param_dtype=float32"):
         check_sd_precision(pure, params, b, SeamHyper(eps=1e-3, sd_precision="float32"))
+
+
+# ----------------------------------------------------------------- the SEAM job
+def _debug_config(tmp_path, policy):
+    import pathlib
+    import sys
+
+    configs = pathlib.Path(__file__).resolve().parents[2] / "configs"
+    sys.path.insert(0, str(configs))
+    try:
+        import debug
+    finally:
+        sys.path.remove(str(configs))
+    c = debug.get_config()
+    c.run_dir = str(tmp_path / policy)
+    c.model.param_dtype, c.model.dtype = "float32", "bfloat16"
+    c.seam.eps, c.seam.sd_precision = 1e-3, policy
+    c.eval.enabled = False
+    c.steps = 1
+    return c
+
+
+def test_seam_job_refuses_a_lossy_difference_before_training_and_runs_it_when_faithful(tmp_path):
+    from seam_jax.jobs import seam as seam_job
+
+    c = _debug_config(tmp_path, "compute")
+    with pytest.raises(ConfigError, match=r"--config\.seam\.sd_precision=float32") as e:
+        seam_job.run(c)
+    assert "\n" not in str(e.value)
+    assert not list((tmp_path / "compute").glob("**/summary.json"))  # nothing trained
+    summary = seam_job.run(_debug_config(tmp_path, "faithful"))
+    assert summary["sd_perturbation"]["d_a"]["cos"] < REALISED_COS_MIN
