@@ -23,7 +23,11 @@ under 0.5. "float32" computes the gradients of the
 difference (at theta and at theta + eps d) in float32 by one program while the rest of
 the step stays in bfloat16; its cost is those four float32 gradient evaluations in place
 of two bfloat16 ones (the step's bfloat16 g_b is then unused, so XLA may drop its backward
-pass; FLOPs and time on hardware not measured yet). The SEAM job
+pass). Measured on SmolLM2-135M, batches 2 x 64, 2-core CPU: the jitted SEAM step takes
+7.72 s with it and 7.73 s with "compute" (XLA:CPU gains nothing from bfloat16 matmuls);
+XLA's FLOP count rises from 1.53e11 to 1.86e11 (+22%). On GPUs and TPUs, where float32
+matmuls run at a fraction of the bfloat16 rate, expect more than that in time; not
+measured. The SEAM job
 refuses "compute" here with one line (the realised perturbation's cosine with eps d is
 below 0.9); "faithful" reproduces the original's rounding on purpose.
 """
