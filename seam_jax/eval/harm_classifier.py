@@ -14,6 +14,7 @@ import re
 from typing import Any, Mapping, Sequence
 
 from seam_jax.errors import ConfigError
+from seam_jax.hf.hub import looks_like_hub_id
 
 DEFAULT_CLASSIFIER = "domenicrosati/deberta-v3-xsmall-beavertails-harmful-qa-classifier"
 # The judge reads a (question, answer) pair as one text, in the original's data format.
@@ -45,7 +46,7 @@ class ClassifierScorer:
                               f"install torch or use the keyword scorer (harm.scorers='keyword')"
                               ) from None
         local = pathlib.Path(model).expanduser()
-        hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
+        hub_id = looks_like_hub_id(model)
         if not local.is_dir() and not hub_id:  # a path, not a hub id: do not ask the hub
             raise ConfigError(f"harm classifier directory {local} does not exist; give an HF "
                               f"sequence-classifier directory or a hub id (owner/name) in "

@@ -31,7 +31,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from seam_jax.eval.loglik import continuation_logprobs
 from seam_jax.model.api import ModelFn, Params
-from seam_jax.model.generate import generate
+from seam_jax.model.generate import generate, stop_and_pad_ids
 
 log = logging.getLogger(__name__)
 
@@ -179,10 +179,10 @@ class SeamJaxLM(TemplateLM):
             if kwargs.get("do_sample") or float(kwargs.get("temperature", 0.0) or 0.0) > 0:
                 log.warning("seam_jax LM decodes greedily; ignoring sampling settings %s", kwargs)
             ctx = self.tok_encode(context, left_truncate_len=max(1, self.max_length - max_new))
-            pad = self.tokenizer.pad_token_id
+            # The one eos/pad rule of decoding: every end id of the config, the tokenizer's pad.
+            stops, pad = stop_and_pad_ids(self.fn.config.eos_token_id, self.tokenizer)
             toks = generate(self.fn, self.params, [ctx], max_new_tokens=max_new,
-                            eos_token_id=self.eot_token_id,
-                            pad_token_id=int(pad if pad is not None else self.eot_token_id),
+                            eos_token_id=stops or self.eot_token_id, pad_token_id=pad,
                             batch_size=1)[0]
             text = self.tok_decode(toks, skip_special_tokens=False)
             for stop in until:
