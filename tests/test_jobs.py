@@ -22,6 +22,7 @@ def _tensors(d):
     return out
 
 
+@pytest.mark.e2e  # a whole job: run by `python -m pytest -m e2e` (.ci/run), not the fast suite
 def test_debug_seam_job_is_quiet_and_ends_with_its_summary(debug_seam_run):
     r = debug_seam_run
     # No absl preamble, no datasets progress bar per local file read.

@@ -91,6 +91,7 @@ def test_attack_job_errors(tmp_path):
                  f"--config.attack.targets=seam={tmp_path / 'missing'}"]) == 2
 
 
+@pytest.mark.e2e  # a whole job: run by `python -m pytest -m e2e` (.ci/run), not the fast suite
 def test_attack_job_from_an_hf_export(tiny_model, tmp_path):
     # job "attack" on an HF directory (a defended model's export looks like this).
     import pathlib

@@ -7,7 +7,8 @@ import pytest
 
 import hf_models
 from seam_jax.data.proxy import MCItem
-from seam_jax.eval.finetune import TASKS, finetune_score, gsm8k_answer, load_task_rows, pair
+from seam_jax.eval.finetune import (TASKS, accuracy, finetune_score, gsm8k_answer, load_task_rows,
+                                    pair)
 from seam_jax.eval.loglik import continuation_logprobs
 from seam_jax.eval.utility import benign_loss, mc_accuracy
 from seam_jax.errors import ConfigError
@@ -131,9 +132,16 @@ def test_fs_loading_real_schemas(tmp_path):
 def test_finetune_score_runs(tiny_loaded, tmp_path):
     rows = [{"sentence": f"film number {i} was {'great' if i % 2 else 'awful'}", "label": i % 2}
             for i in range(8)]
+    # seq_len 128: the qa template plus a label fits (at 48 every row lost its label token, so
+    # every step was skipped, which train.loop now stops as a run that trains nothing).
     out = finetune_score(tiny_loaded, tiny_loaded.params, "sst2", tmp_path, train_rows=rows,
-                         test_rows=rows[:4], fmt="qa", seq_len=48, steps=2, lr=1e-3, batch_size=2)
-    assert out["fs_task"] == "sst2" and 0.0 <= out["fs_after"] <= 1.0
+                         test_rows=rows[:4], fmt="qa", seq_len=128, steps=2, lr=1e-3, batch_size=2)
+    assert out["fs_task"] == "sst2"
+    # "before" is the untouched model's accuracy, measured independently here; both are
+    # fractions of the 4 test rows.
+    assert out["fs_before"] == accuracy(tiny_loaded.fn, tiny_loaded.params, tiny_loaded.tokenizer,
+                                        TASKS["sst2"], rows[:4], fmt="qa")
+    assert {4 * out["fs_before"], 4 * out["fs_after"]} <= {0.0, 1.0, 2.0, 3.0, 4.0}
     with pytest.raises(ConfigError, match="unknown FS task"):
         finetune_score(tiny_loaded, tiny_loaded.params, "mnli", tmp_path, train_rows=rows,
                        test_rows=rows, fmt="qa", seq_len=48, steps=1)

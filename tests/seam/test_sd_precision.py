@@ -194,6 +194,7 @@ def _debug_config(tmp_path, policy):
     return c
 
 
+@pytest.mark.e2e  # a whole job: run by `python -m pytest -m e2e` (.ci/run), not the fast suite
 def test_seam_job_refuses_a_lossy_difference_before_training_and_runs_it_when_faithful(tmp_path):
     from seam_jax.jobs import seam as seam_job
 

@@ -256,6 +256,7 @@ def test_check_perturbation_on_a_bfloat16_compute_model(caplog):
 
 
 # ----------------------------------------------------------------- the job, end to end
+@pytest.mark.e2e  # a whole job: run by `python -m pytest -m e2e` (.ci/run), not the fast suite
 def test_theory_job_end_to_end(tmp_path):
     """``python -m seam_jax.main --config=configs/debug.py:theory``: float64, float32, bfloat16."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
