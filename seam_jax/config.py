@@ -56,6 +56,20 @@ def base_config() -> mlc.ConfigDict:
         # this many fixed (harmful, benign) batch pairs (eval.geometry); 0 = off.
         heldout_pairs=4,
     ))
+    # What the SEAM job trains (seam_jax/defense): name in defense.NAMES (seam, none = SFT on
+    # the refusals, booster, vaccine, repnoise, tar); each baseline's hyperparameters in its
+    # section, defaults from its public code (the sources: configs/defense_<name>.py). SEAM's
+    # own stay in c.seam.
+    c.defense = mlc.ConfigDict(dict(
+        name="seam",
+        booster=dict(lam=5.0, alpha=0.1),
+        vaccine=dict(rho=5.0, norm="global"),
+        repnoise=dict(alpha=1.0, beta=0.001),
+        tar=dict(inner_steps=8, num_tasks=2, adversary_lrs="2e-6,2e-5,4e-5",
+                 inner_weight_decay=0.01, tr_grad_scale=0.1, retain_scale=1.0,
+                 use_weighting_schedule=True, schedule_lambda=0.0625, unbounded=True,
+                 tr_loss_lower_bound=-11.76, tr_loss="dpo", dpo_beta=0.1),
+    ))
     c.steps = 500
     c.optim = mlc.ConfigDict(dict(
         name="adamw", lr=2e-5, warmup_ratio=0.1, schedule="cosine", weight_decay=0.0,
@@ -150,6 +164,9 @@ def validate(c: mlc.ConfigDict) -> None:
         raise ConfigError(f"job={c.job!r}; choose one of {JOBS}")
     if c.steps < 1:
         raise ConfigError(f"steps={c.steps}; train for at least one step")
+    from seam_jax.defense import check as check_defense
+
+    check_defense(c)  # one line naming a bad defense.name or hyperparameter
     if c.data.batch_size < 1 or c.data.context_length < 8:
         raise ConfigError("data.batch_size must be >= 1 and data.context_length >= 8")
     if str(c.resume) not in ("auto", "force"):
@@ -246,4 +263,6 @@ def lens_layers(c: mlc.ConfigDict) -> tuple[int, ...] | None:
 def digest(c: mlc.ConfigDict) -> str:
     """A short hash of the fields that define a training run (for resume checks)."""
     keep = {k: c.to_dict()[k] for k in ("model", "data", "seam", "steps", "optim", "seed")}
+    if "defense" in c and c.defense.name != "seam":  # SEAM runs keep their digests
+        keep["defense"] = c.defense.to_dict()
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]

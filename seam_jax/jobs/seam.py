@@ -17,6 +17,7 @@ from typing import Any
 import ml_collections as mlc
 
 from seam_jax import config as config_lib
+from seam_jax import defense as defense_lib
 from seam_jax.eval import geometry as geometry_lib
 from seam_jax.eval.behaviour import behaviour
 from seam_jax.eval.report import behaviour_table
@@ -30,7 +31,7 @@ from seam_jax.train.checkpoint import CheckpointConfig
 from seam_jax.train import run_dir as run_dir_lib
 from seam_jax.train.loop import LoopConfig, NothingTrained, run as run_loop
 from seam_jax.train.optim import OptimConfig
-from seam_jax.train.step import TrainStep, build_step, optimizer_for, seam_objective
+from seam_jax.train.step import TrainStep, build_step, optimizer_for
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,12 @@ def seam_hyper(c: mlc.ConfigDict) -> SeamHyper:
 
 
 def train_step(c: mlc.ConfigDict, fn: ModelFn, setup: Any = None) -> TrainStep:
-    """The job's SEAM train step for ``c``, on ``setup``'s mesh if given (a
-    ``parallel.sharded.ShardedSetup``). The plan job compiles this same program
-    (``parallel.plan.lower_step``)."""
+    """The job's train step for ``c`` (the objective of ``defense.name``, SEAM by default),
+    on ``setup``'s mesh if given (a ``parallel.sharded.ShardedSetup``). The plan job
+    compiles this same program (``parallel.plan.lower_step``)."""
     optimizer, schedule = optimizer_for(OptimConfig(**c.optim.to_dict()), int(c.steps))
     layout = setup.layout(fn, optimizer) if setup is not None else None
-    return build_step(seam_objective(fn, seam_hyper(c)), optimizer, schedule, layout=layout)
+    return build_step(defense_lib.objective(c, fn), optimizer, schedule, layout=layout)
 
 
 def empty_hint(c: mlc.ConfigDict, batches: Any, n_rows: dict[str, int]) -> str:
@@ -91,6 +92,7 @@ def _run(c: mlc.ConfigDict, run_dir: pathlib.Path) -> dict[str, Any]:
     # run.json: another config's run directory is refused before the model loads.
     manifest = run_dir_lib.Manifest.open(run_dir, c, job="seam")
     hp = seam_hyper(c)
+    defense = defense_lib.get(str(c.defense.name))
     setup = training_setup(c)
     m = load_model(c, setup.param_shardings_fn if setup else None)
     data = load_experiment_data(c, run_dir)
@@ -120,6 +122,8 @@ def _run(c: mlc.ConfigDict, run_dir: pathlib.Path) -> dict[str, Any]:
                                "model_weights": identity["weights"]}
     if forced:
         summary["resume_forced"] = forced
+    if defense.name != "seam":
+        summary["defense"] = defense.name
     if evaluate:
         def measure() -> dict[str, Any]:
             log.info("measuring the base model on %d held-out harmful prompts", len(held_out))
@@ -133,7 +137,7 @@ def _run(c: mlc.ConfigDict, run_dir: pathlib.Path) -> dict[str, Any]:
         before = run_dir_lib.cached(run_dir / "eval_before.json", key, measure)
         summary["before"] = {k: v for k, v in before.items() if k != "samples"}
 
-    if hp.beta:
+    if hp.beta and defense.name == "seam":
         # Where the compute dtype rounds eps*d away, Eq. 6 measures noise: refuse before training
         # (one line naming the fix) unless seam.sd_precision='faithful' asks for it.
         from seam_jax.theory.precision import check_sd_precision
@@ -153,15 +157,16 @@ def _run(c: mlc.ConfigDict, run_dir: pathlib.Path) -> dict[str, Any]:
             geo_path, 0, geometry_lib.heldout_geometry(m.fn, m.params, geo_pairs))
         log.info("held-out geometry at step 0: c=%.4f |g_a|=%.4g |g_b|=%.4g", row["cos"],
                  row["norm_g_a"], row["norm_g_b"])
-    source, place = batches, None
+    source, place = defense_lib.source(c, batches), None
     if setup is not None:
-        source, place = setup.local_source(batches), setup.batch_to_global
+        source, place = setup.local_source(source), setup.batch_to_global
     # The step donates its state: m.params are not used after this.
     state = run_loop(
         m.params, train_step(c, m.fn, setup), source,
-        LoopConfig(steps=c.steps, run_dir=run_dir, seed=c.seed, desc="SEAM",
+        LoopConfig(steps=c.steps, run_dir=run_dir, seed=c.seed,
+                   desc="SEAM" if defense.name == "seam" else defense.name,
                    checkpoint=CheckpointConfig(**c.checkpoint.to_dict()),
-                   postfix=("loss", "cos", "L_ul", "L_up"), progress=c.progress,
+                   postfix=defense.metrics[:4], progress=c.progress,
                    empty_hint=hint),
         meta={"config_digest": summary["config_digest"]}, place_batch=place,
     )

@@ -161,9 +161,11 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **norm)
         self.mlp = MLP(cfg, stack, rngs=rngs)
 
-    def __call__(self, x, cos, sin, key_valid, q_slots, kv, cache_index, window=None):
+    def __call__(self, x, cos, sin, key_valid, q_slots, kv, cache_index, window=None, delta=None):
         h, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, key_valid, q_slots, kv,
                                    cache_index, window)
+        if delta is not None:  # Transformer.__call__'s attn_delta (Vaccine's perturbation)
+            h = h + delta.astype(h.dtype)
         x = x + h
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, new_kv
@@ -215,6 +217,7 @@ class Transformer(nnx.Module):
         cache: KVCache | None = None,
         cache_index: jax.Array | int = 0,
         cache_valid: jax.Array | None = None,
+        attn_delta: jax.Array | None = None,
     ) -> Output:
         """Forward pass.
 
@@ -227,6 +230,9 @@ class Transformer(nnx.Module):
           compute_logits: skip the LM head (losses that chunk it themselves).
           cache, cache_index, cache_valid: decode with a KV cache; ``cache_valid`` [B, S]
             marks valid cache slots (including the ones this call writes).
+          attn_delta: [layers, B, T, embed], added to each layer's attention output
+            (``o_proj``, before the residual add): Vaccine's perturbation. None (the
+            default) traces exactly the program without it.
         """
         cfg = self.config
         dt = parse_dtype(cfg.dtype)
@@ -249,10 +255,10 @@ class Transformer(nnx.Module):
         window_xs = None if static_window is not None else jnp.asarray(windows, jnp.int32)
 
         def body(h, xs):
-            params, kv, window = xs
+            params, kv, window, delta = xs
             layer = nnx.merge(graph, params)
             window = static_window if window is None else window
-            h, new_kv = layer(h, cos, sin, key_valid, q_slots, kv, cache_index, window)
+            h, new_kv = layer(h, cos, sin, key_valid, q_slots, kv, cache_index, window, delta)
             h = constrain(h, _RESIDUAL)
             return h, (h if output_hidden_states else None, new_kv)
 
@@ -260,11 +266,11 @@ class Transformer(nnx.Module):
             body = jax.checkpoint(body, policy=_remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
         kv_xs = (cache.k, cache.v) if cache is not None else None
         if cfg.scan_layers:
-            h, (hs, new_kv) = jax.lax.scan(body, x, (layer_params, kv_xs, window_xs))
+            h, (hs, new_kv) = jax.lax.scan(body, x, (layer_params, kv_xs, window_xs, attn_delta))
         else:
             h, outs = x, []
             for i in range(cfg.num_hidden_layers):
-                sl = jax.tree.map(lambda a: a[i], (layer_params, kv_xs, window_xs))
+                sl = jax.tree.map(lambda a: a[i], (layer_params, kv_xs, window_xs, attn_delta))
                 h, out = body(h, sl)
                 outs.append(out)
             hs, new_kv = jax.tree.map(lambda *a: jnp.stack(a), *outs) if outs else (None, None)

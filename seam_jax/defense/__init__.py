@@ -1,0 +1,159 @@
+"""The defenses seam_jax trains, behind one interface.
+
+A defense is a named builder ``(fn, c) -> train.step.Objective`` (a pure gradient function
+of ``(params, batches)`` and the metrics holding target counts), the batch keys it reads,
+whether it draws random numbers (then the batches carry the step's seed rows), and the
+metrics it reports. ``--config.defense.name`` picks one; its hyperparameters are in
+``c.defense.<name>`` (SEAM's stay in ``c.seam``). The SEAM job trains any of them through
+the same loop, checkpoints, resume, sharding and export (``jobs.seam.train_step``).
+
+Every defense reads the SEAM job's batches (``data.SeamBatches``): ``adv`` (harmful prompts
+with compliant answers: the harmful data), ``aln`` (the same prompts with refusals: the
+alignment data) and ``bgn`` (benign instructions).
+
+- ``seam``: SEAM (``seam.objective``).
+- ``none``: plain SFT on the alignment data ``aln`` (the "SFT" alignment baseline).
+- ``booster``, ``vaccine``, ``repnoise``, ``tar``: the baselines (their modules).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import ml_collections as mlc
+import numpy as np
+
+from seam_jax.defense import booster, repnoise, tar, vaccine
+from seam_jax.defense.common import SEED_KEY
+from seam_jax.errors import ConfigError
+from seam_jax.model.api import ModelFn
+from seam_jax.train.step import Objective, seam_objective
+from seam_jax.seam.objective import sft_gradient
+
+
+@dataclasses.dataclass(frozen=True)
+class Defense:
+    name: str
+    build: Callable[[ModelFn, mlc.ConfigDict], Objective]
+    batch_keys: tuple[str, ...]  # of SeamBatches' adv, aln, bgn
+    seeded: bool                 # reads batches["seed"] (common.SEED_KEY)
+    metrics: tuple[str, ...]
+    doc: str
+
+
+def _seam(fn: ModelFn, c: mlc.ConfigDict) -> Objective:
+    from seam_jax.jobs.seam import seam_hyper
+
+    return seam_objective(fn, seam_hyper(c))
+
+
+def _none(fn: ModelFn, c: mlc.ConfigDict) -> Objective:
+    return Objective(functools.partial(sft_gradient, fn, key="aln"), ("targets",))
+
+
+def booster_hyper(c: mlc.ConfigDict) -> booster.BoosterHyper:
+    b = c.defense.booster
+    return booster.BoosterHyper(lam=float(b.lam), alpha=float(b.alpha))
+
+
+def vaccine_hyper(c: mlc.ConfigDict) -> vaccine.VaccineHyper:
+    v = c.defense.vaccine
+    return vaccine.VaccineHyper(rho=float(v.rho), norm=str(v.norm))
+
+
+def repnoise_hyper(c: mlc.ConfigDict) -> repnoise.RepNoiseHyper:
+    r = c.defense.repnoise
+    return repnoise.RepNoiseHyper(alpha=float(r.alpha), beta=float(r.beta))
+
+
+def tar_hyper(c: mlc.ConfigDict) -> tar.TarHyper:
+    t = c.defense.tar
+    try:
+        lrs = tuple(float(x) for x in str(t.adversary_lrs).split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"defense.tar.adversary_lrs={t.adversary_lrs!r}; give comma-separated "
+                          f"learning rates, e.g. '2e-6,2e-5,4e-5'") from None
+    return tar.TarHyper(
+        inner_steps=int(t.inner_steps), num_tasks=int(t.num_tasks), adversary_lrs=lrs,
+        inner_weight_decay=float(t.inner_weight_decay), tr_grad_scale=float(t.tr_grad_scale),
+        retain_scale=float(t.retain_scale), use_weighting_schedule=bool(t.use_weighting_schedule),
+        schedule_lambda=float(t.schedule_lambda), unbounded=bool(t.unbounded),
+        tr_loss_lower_bound=float(t.tr_loss_lower_bound), tr_loss=str(t.tr_loss),
+        dpo_beta=float(t.dpo_beta))
+
+
+def _built(gradient: Callable, hyper: Callable, targets: tuple[str, ...]):
+    def build(fn: ModelFn, c: mlc.ConfigDict) -> Objective:
+        return Objective(functools.partial(gradient, fn, hp=hyper(c)), targets)
+
+    return build
+
+
+DEFENSES: dict[str, Defense] = {d.name: d for d in (
+    Defense("seam", _seam, ("adv", "aln", "bgn"), False,
+            ("loss", "cos", "L_ul", "L_up", "L_sd"), "SEAM (seam.objective)"),
+    Defense("none", _none, ("aln",), False, ("loss",),
+            "plain SFT on the alignment data (harmful prompts with refusals)"),
+    Defense("booster", _built(booster.booster_gradient, booster_hyper, ("targets_adv", "targets_aln")),
+            ("adv", "aln"), False, booster.METRICS, booster.__doc__.splitlines()[0]),
+    Defense("vaccine", _built(vaccine.vaccine_gradient, vaccine_hyper, ("targets_aln",)),
+            ("aln",), False, vaccine.METRICS, vaccine.__doc__.splitlines()[0]),
+    Defense("repnoise", _built(repnoise.repnoise_gradient, repnoise_hyper,
+                               ("targets_adv", "targets_aln")),
+            ("adv", "aln"), True, repnoise.METRICS, repnoise.__doc__.splitlines()[0]),
+    Defense("tar", _built(tar.tar_gradient, tar_hyper, ("targets_adv", "targets_aln", "targets_bgn")),
+            ("adv", "aln", "bgn"), True, tar.METRICS, tar.__doc__.splitlines()[0]),
+)}
+NAMES = tuple(DEFENSES)
+
+
+def get(name: str) -> Defense:
+    if name not in DEFENSES:
+        raise ConfigError(f"defense.name={name!r}; choose one of {', '.join(NAMES)}")
+    return DEFENSES[name]
+
+
+def objective(c: mlc.ConfigDict, fn: ModelFn) -> Objective:
+    """The Objective of ``c.defense.name`` for model ``fn``."""
+    return get(str(c.defense.name)).build(fn, c)
+
+
+def check(c: mlc.ConfigDict) -> None:
+    """The defense's name and hyperparameters, checked before anything heavy (one line)."""
+    name = str(c.defense.name)
+    get(name)
+    hyper = {"booster": booster_hyper, "vaccine": vaccine_hyper, "repnoise": repnoise_hyper,
+             "tar": tar_hyper}.get(name)
+    if hyper is not None:
+        hyper(c)
+
+
+class DefenseSource:
+    """The training loop's batch source for a defense: ``SeamBatches.batch_at`` kept to the
+    defense's keys, plus the step's seed rows (one uint32 per row, the step number) for a
+    defense that draws random numbers. A function of (seed, step) alone, as the SEAM
+    batches are, so a resumed run sees the same batches and draws the same numbers."""
+
+    def __init__(self, batches: Any, defense: Defense) -> None:
+        self.batches = batches
+        self.defense = defense
+        self.empty_rows = getattr(batches, "empty_rows", None)
+
+    def batch_at(self, step: int, process_index: int = 0, process_count: int = 1) -> dict:
+        full = self.batches.batch_at(step, process_index, process_count)
+        out = {k: full[k] for k in self.defense.batch_keys}
+        if self.defense.seeded:
+            rows = len(out[self.defense.batch_keys[0]]["input_ids"])
+            out[SEED_KEY] = np.full((rows,), step, np.uint32)
+        return out
+
+
+def source(c: mlc.ConfigDict, batches: Any) -> Any:
+    """The batch source of ``c``'s defense around the SEAM job's batches (SEAM: unchanged)."""
+    d = get(str(c.defense.name))
+    return batches if d.name == "seam" else DefenseSource(batches, d)
+
+
+__all__ = ["DEFENSES", "Defense", "DefenseSource", "NAMES", "check", "get", "objective", "source"]
