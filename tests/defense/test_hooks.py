@@ -42,7 +42,8 @@ def test_perturbation_has_norm_rho_per_layer_or_over_all_layers(scan):
     # float32 norms of ~2.5k entries: ~1e-7 relative rounding; the 1e-7 guard in the
     # denominator against |G| ~ 1e-1 here adds ~1e-6 relative. 1e-5 covers both.
     for norm in ("layer", "global"):
-        _, eps = vaccine.vaccine_perturbation(fn, p, b, vaccine.VaccineHyper(rho=rho, norm=norm))
+        hp = vaccine.VaccineHyper(rho=rho, norm=norm)
+        _, eps = jax.jit(lambda q: vaccine.vaccine_perturbation(fn, q, b, hp))(p)
         eps = np.asarray(eps, np.float64)
         per_layer = np.sqrt((eps ** 2).sum(axis=(1, 2, 3)))
         assert eps.shape == (fn.config.num_hidden_layers, 2, 12, fn.config.hidden_size)
