@@ -31,7 +31,8 @@ def forward_parts(cfg: Any, b: int, t: int) -> dict[str, float]:
 
 
 def step_flops(cfg: Any, b: int, t: int, kind: str, lens_layers: int | None = None,
-               lens_rows: float | None = None, sd_remat: bool = False) -> float:
+               lens_rows: float | None = None, sd_remat: bool = False,
+               sd_widened: bool = False) -> float:
     """FLOPs of one step of ``kind``, as each implementation computes it.
 
     ``lens_layers``: hidden states under the logit lens (default all ``L + 1``).
@@ -47,6 +48,8 @@ def step_flops(cfg: Any, b: int, t: int, kind: str, lens_layers: int | None = No
       needed once.
     - ``seam_exact``: as above with two Hessian-vector products (forward-over-reverse:
       a gradient and its tangent, ``6F`` each) instead of the perturbed gradients.
+    - ``seam_central``: as ``seam_vmap`` with four perturbed gradients (``theta +- eps d``
+      for each side, ``12F``).
     - ``torch_original``: the original ``training_step``: ``L_ul`` as forward and
       backward of the body with the lens on every hidden state plus the final logits
       (``3 (L + 2) P``); a second forward/backward of the harmful batch for ``g_a``;
@@ -57,6 +60,11 @@ def step_flops(cfg: Any, b: int, t: int, kind: str, lens_layers: int | None = No
     (``seam.sd_remat="full"``), so each recomputes the body's forward in its backward
     pass: ``+ body`` per perturbed gradient, ``+ 2 body`` per Hessian-vector product
     (the recomputation carries the tangent). This is work above the floor.
+
+    ``sd_widened``: ``seam.sd_precision='float32'`` on a model computing narrower: the
+    estimator computes its own g_a, g_b at theta in float32 (``+ 6F``, ``+ 2 body`` under
+    ``sd_remat``), and XLA drops the backward passes of the step's own g_a (through the
+    body, ``- 2 body``) and g_b (``- 2F``), which nothing then reads. Also above the floor.
     """
     parts = forward_parts(cfg, b, t)
     body, p = parts["body"], parts["head"]
@@ -70,12 +78,17 @@ def step_flops(cfg: Any, b: int, t: int, kind: str, lens_layers: int | None = No
         "seam_vmap": shared + 6 * f + 6 * f,
         "seam_seq": shared + 6 * f + 6 * f,
         "seam_exact": shared + 6 * f + 12 * f,
+        "seam_central": shared + 6 * f + 12 * f,
         "torch_original": 3 * body + 3 * (cfg.num_hidden_layers + 2) * p + 3 * f + 6 * f + 6 * f,
     }
     if kind not in counts:
         raise ValueError(f"no FLOP count for {kind!r}; known: {sorted(counts)}")
-    recompute = {"seam_vmap": 2 * body, "seam_seq": 2 * body, "seam_exact": 4 * body}
-    return float(counts[kind] + (recompute.get(kind, 0.0) if sd_remat else 0.0))
+    recompute = {"seam_vmap": 2 * body, "seam_seq": 2 * body, "seam_exact": 4 * body,
+                 "seam_central": 4 * body}
+    extra = recompute.get(kind, 0.0) if sd_remat else 0.0
+    if sd_widened and kind in recompute:
+        extra += 6 * f - 2 * body - 2 * f + (2 * body if sd_remat else 0.0)
+    return float(counts[kind] + extra)
 
 
 def seam_floor(cfg: Any, b: int, t: int, targets: int) -> float:

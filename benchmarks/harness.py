@@ -45,13 +45,16 @@ def rss_mb() -> float | None:
     return None
 
 
-def run_case(module: str, case: str, args: dict[str, Any], threads: int) -> dict[str, Any]:
-    """Run ``python -m module --case case --args JSON`` and parse its last stdout line."""
+def run_case(module: str, case: str, args: dict[str, Any], threads: int,
+             timeout: float | None = None) -> dict[str, Any]:
+    """Run ``python -m module --case case --args JSON`` and parse its last stdout line.
+
+    ``timeout``: seconds before the case is killed (``subprocess.TimeoutExpired``)."""
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                XLA_FLAGS=env.get("XLA_FLAGS", ""), TOKENIZERS_PARALLELISM="false")
     out = subprocess.run([sys.executable, "-m", module, "--case", case, "--args", json.dumps(args)],
-                         capture_output=True, text=True, env=env)
+                         capture_output=True, text=True, env=env, timeout=timeout)
     if out.returncode:
         raise RuntimeError(f"case {case} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -340,6 +340,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                           high_freq_factor=4.0, original_max_position_embeddings=8192),
         bos_token_id=128000, eos_token_id=128009,
     ),
+    # Llama-3.2-1B's shapes (benchmarks/accelerator.py's 1B preset).
+    "llama3.2-1b": dict(
+        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=64, rms_norm_eps=1e-5,
+        rope_theta=500000.0, max_position_embeddings=131072, tie_word_embeddings=True,
+        rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0,
+                          high_freq_factor=4.0, original_max_position_embeddings=8192),
+        bos_token_id=128000, eos_token_id=128009,
+    ),
     "llama3.2-3b": dict(
         vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
         num_attention_heads=24, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-5,
