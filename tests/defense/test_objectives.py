@@ -89,7 +89,8 @@ def test_repnoise_gradient_is_the_published_loss():
     assert plain.rel_err(got, no_mmd) > 1e-6  # the MMD term is in the gradient
 
 
-@pytest.mark.parametrize("tr_loss", ["dpo", "max_entropy"])
+# DPO's: 14 s (two adversaries of two steps, unrolled on the plain side): slow.
+@pytest.mark.parametrize("tr_loss", [pytest.param("dpo", marks=pytest.mark.slow), "max_entropy"])
 def test_tar_gradient_is_the_first_order_meta_gradient(tr_loss):
     fn, p, b = setup()
     # One learning rate (so the draw does not matter), two adversaries of two steps; a
