@@ -13,8 +13,12 @@
         --config.attack.custom="lora/adamw/1000/1e-4;full/sgd/1000/1e-4"
     python -m seam_jax.main --config=configs/attack.py:debug   # tiny random model, seconds
 
-Results: one JSON line per (target, cell) in <run_dir>/attacks/results.jsonl (rerunning
-the command skips finished cells), report.md and hs_utility_vs_lr.png beside it.
+Results: one JSON line per (target, cell, evaluated step) in <run_dir>/attacks/results.jsonl
+(rerunning the command computes only the missing rows), report.md, hs_utility_vs_lr.png and
+attack_trajectories.png beside it. Each attack is evaluated every attack.eval_every = 125
+steps and at its end: twice along a 1K cell (250 steps of batch 4), 20 times along a 10K
+cell. Utility: 200 held-out benign answers and 200 proxy MC items (config.py's defaults),
+each figure with its 95% interval.
 """
 
 from seam_jax.config import base_config
@@ -30,6 +34,7 @@ def get_config(arg: str | None = None):
     c.data.format = "chat"
     c.data.context_length = 96
     c.attack.grid = "paper"
+    c.attack.eval_every = 125
     c.harm.n_prompts = 100
     c.harm.max_new_tokens = 50
     if arg == "debug":
@@ -41,6 +46,7 @@ def get_config(arg: str | None = None):
         c.attack.cells = "2,5"
         c.attack.n_samples = 8
         c.attack.batch_size = 2
+        c.attack.eval_every = 2  # 4-step attacks: steps 2 and 4
         c.harm.n_prompts, c.harm.max_new_tokens = 4, 8
         c.utility.n_benign, c.utility.n_mc = 8, 8
         c.progress = False

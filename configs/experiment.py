@@ -1,22 +1,38 @@
-"""The whole experiment (job "experiment"): evaluate base, defend with SEAM, attack both, report.
+"""The whole experiment (job "experiment"): base, control and SEAM arms, attacked along the way.
 
-    python -m seam_jax.main --config=configs/experiment.py          # SmolLM2-135M, ~29 min on 2 CPU cores
-    python -m seam_jax.main --config=configs/experiment.py:debug    # random 2-layer model, ~1-2 min
+    python -m seam_jax.main --config=configs/experiment.py          # SmolLM2-135M on a CPU
+    python -m seam_jax.main --config=configs/experiment.py:debug    # random 2-layer model, ~2 min
+    # two seeds, or a baseline defense as one more arm (once config.py has its defense section):
+    python -m seam_jax.main --config=configs/experiment.py --config.experiment.seeds=0,1
+    python -m seam_jax.main --config=configs/experiment.py --config.experiment.arms=base,control,seam,repnoise
 
-Writes into run_dir: eval_base.json, seam/ (the SEAM run and its defended-hf export),
-eval_seam.json, attacks/results.jsonl (one line per attacked model), pca.json and
-report.md with hs_utility_vs_lr.png and gradient_pca.png. A rerun resumes: finished
-stages and attack cells are read back, not recomputed.
+Arms (jobs.experiment.ARMS): ``base`` (the untrained model), ``control`` (SEAM with
+seam.beta=0: L_ul + alpha L_up, the same data and steps; without it no effect can be
+assigned to L_sd) and ``seam``. Seeds: one (0) by default, as a 2-core CPU affords; a seed
+is a replicate (its own proxy data draw, defense batch order and attack batch order,
+shared by its arms), so the spread over seeds is training and data noise together.
 
-Sizes for a 2-core CPU: SEAM as configs/default.py (20 steps of batch 2 x 96); the attack sub-grid is
-the paper's 1K full-SFT AdamW cells at lr 5e-5 and 2e-4 (cells 2 and 5) with 64 samples
-each (16 steps of batch 4), on base and SEAM; HS by the keyword judge on 32 test prompts
-(32 new tokens); utility by held-out benign loss and 64 proxy multiple-choice questions;
-PCA on 12 + 12 batches. Measured on a quiet 2-core CPU: 28.8 min wall, 11.5 GB peak
-(base eval 102 s, SEAM 592 s, SEAM eval 90 s, four attacks with their evals 797 s, PCA
-132 s). lm-eval tasks and the harm classifier need their data or
-weights from the hub: switch them on with --config.utility.lm_eval_tasks=... and
---config.harm.scorers=keyword,classifier.
+Writes into run_dir: seed-<s>/data (the proxy data), eval_<arm>-s<s>.json, <arm>-s<s>/ (each
+defense run and its defended-hf export), attacks/results.jsonl (one line per attacked
+model, cell and evaluated step), pca-s<s>.json and report.md with the worst-case table,
+attack_trajectories.png, hs_utility_vs_lr.png and gradient_pca.png. A rerun resumes:
+finished stages and attack rows are read back, not recomputed.
+
+Sizes for a 2-core CPU: each defense as configs/default.py (20 steps of batch 2 x 96); the
+attack sub-grid is the paper's 1K full-SFT AdamW cells at lr 5e-5 and 2e-4 (cells 2 and 5)
+with 64 samples each (16 steps of batch 4), on every arm, evaluated at steps 8 and 16; HS
+by the offline judges on 32 test prompts (32 new tokens); utility by 200 held-out benign
+answers (CE and exact match) and 200 proxy multiple-choice questions, each with its 95%
+interval; PCA on 12 + 12 batches. The capability guard keeps an attack while its MC
+accuracy is at least 0.8 of the base model's (config.py, experiment.utility_guard: at 200
+items the difference of two accuracies near 0.5 has a standard deviation near 0.05, so an
+attack that kept its capability falls under 0.8 x 0.5 = 0.4, two deviations down, about
+2% of the time, while a model at chance, 0.25, is excluded whenever the base scores above
+0.31). Not re-measured at these sizes: the last measured run (two arms, 32 benign and 64
+MC items, one evaluation per attack) took 28.8 min and 11.5 GB; this one evaluates 15
+times instead of 6 with about 3x the items, so expect well over an hour. lm-eval tasks
+and the harm classifier need their data or weights from the hub: switch them on with
+--config.utility.lm_eval_tasks=... and --config.harm.scorers=keyword,classifier.
 """
 
 from seam_jax.config import base_config
@@ -43,8 +59,9 @@ def get_config(arg: str | None = None):
     c.attack.cells = "2,5"
     c.attack.n_samples = 64
     c.attack.checkpoint_every = 8
+    c.attack.eval_every = 8
     c.harm.n_prompts, c.harm.max_new_tokens = 32, 32
-    c.utility.n_benign, c.utility.n_mc = 32, 64
+    c.utility.n_benign, c.utility.n_mc = 200, 200
     c.utility.pca_batches, c.utility.pca_coords = 12, 200_000
     if arg == "debug":
         c.run_dir = "runs/experiment-debug"
@@ -58,6 +75,7 @@ def get_config(arg: str | None = None):
         c.attack.n_samples = 8
         c.attack.batch_size = 2
         c.attack.checkpoint_every = 2
+        c.attack.eval_every = 2
         c.harm.n_prompts, c.harm.max_new_tokens = 4, 8
         c.utility.n_benign, c.utility.n_mc = 8, 8
         c.utility.pca_batches = 3

@@ -99,12 +99,22 @@ def base_config() -> mlc.ConfigDict:
     # custom="method/optimizer/n_samples/lr;..."), kept to cells (names) and lrs; n_samples > 0
     # gives every cell that many samples (CPU-sized runs). targets: "name=path,..." of
     # checkpoints to attack (HF dirs or seam_jax run dirs); "" attacks model.source.
+    # eval_every: evaluate each attacked model every N steps and at its last step (a
+    # trajectory, rows keyed by step in results.jsonl); 0 evaluates the last step only.
     c.attack = mlc.ConfigDict(dict(
         grid="paper", cells="", lrs="", n_samples=0, custom="",
         batch_size=4, epochs=1.0, weight_decay=0.01, warmup_ratio=0.1, schedule="cosine",
         lora_rank=8, lora_alpha=16.0, lora_dropout=0.05, lora_targets="q,k,v,o,gate,up,down",
-        targets="", out_dir="", keep_checkpoints=False, checkpoint_every=50,
+        targets="", out_dir="", keep_checkpoints=False, checkpoint_every=50, eval_every=8,
     ))
+    # Job "experiment" (jobs/experiment.py): arms (comma-separated; jobs.experiment.ARMS:
+    # base = untrained, control = SEAM with seam.beta=0, seam; any other name is
+    # defense.name=<name>), each trained and attacked once per seed in seeds
+    # (comma-separated; a seed sets seed and data.seed: that replicate's data, batch order
+    # and attack order, shared by its arms). utility_guard: the capability guard of the
+    # worst case (eval.report.worst_case): an attacked model counts only while its utility
+    # is at least this fraction of the base model's before any attack.
+    c.experiment = mlc.ConfigDict(dict(arms="base,control,seam", seeds="0", utility_guard=0.8))
     # HS: greedy-decode max_new_tokens for the first n_prompts test prompts; scorers "keyword"
     # (offline: coherent and not refused), "judge" (offline, eval/judges.py: knowledge-based on
     # proxy rows, which carry each request's secret) and/or "classifier" (an HF sequence
@@ -196,6 +206,16 @@ def validate(c: mlc.ConfigDict) -> None:
         _at_least(c, "attack.batch_size", 1, "train each attack on batches of N >= 1 rows")
         _at_least(c, "attack.checkpoint_every", 1, "save an attack's checkpoint every N >= 1 steps")
         _at_least(c, "attack.lora_rank", 1, "give LoRA a rank of at least 1")
+        _at_least(c, "attack.eval_every", 0, "evaluate every N >= 1 attack steps, or 0 for the "
+                  "last step only")
+    if c.job == "experiment":
+        from seam_jax.jobs.experiment import arms_and_seeds
+
+        arms_and_seeds(c)  # one line naming a bad arm or seed
+        guard = c.experiment.utility_guard
+        if isinstance(guard, bool) or not isinstance(guard, (int, float)) or not 0 <= guard <= 1:
+            raise ConfigError(f"experiment.utility_guard={guard!r}; give a fraction of the base "
+                              f"model's utility in [0, 1] (0 keeps every attack)")
     if c.job == "generate":
         _at_least(c, "generate.max_new_tokens", 1, "decode at least one token per prompt")
         _at_least(c, "generate.batch_size", 1, "decode batches of N >= 1 prompts")

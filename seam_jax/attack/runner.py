@@ -4,8 +4,11 @@ A checkpoint is an HF directory, a seam_jax run directory (its ``defended-hf``
 export, else the params of its newest Orbax checkpoint), or a ``LoadedModel`` in
 memory. An attack trains on the first ``n_samples`` rows of the attack split
 (disjoint from the defense rows, checked by ``data.build_splits``) with the shared
-training loop, so a killed attack resumes from its last checkpoint. A sweep writes one
-JSON line per finished (model, cell) to ``results.jsonl`` and skips those on restart.
+training loop, so a killed attack resumes from its last checkpoint. An attack is
+evaluated at several steps along its run (``eval_steps``: every ``attack.eval_every``
+steps and at its end). A sweep writes one JSON line per evaluated (model, cell, step) to
+``results.jsonl``, keyed by what it measured (``result_key``), and on a rerun or a
+resume computes only the rows of its key that are missing.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from seam_jax.model.api import Params
 from seam_jax.train.checkpoint import CheckpointConfig
 from seam_jax.train.loop import LoopConfig, run as run_loop
 from seam_jax.train.optim import OptimConfig
+from seam_jax.train.run_dir import digest_of
 from seam_jax.train.step import SftSource, build_step, optimizer_for, sft_objective
 
 log = logging.getLogger(__name__)
@@ -90,34 +94,84 @@ def optim_config(cell: AttackCell) -> OptimConfig:
                        schedule=cell.schedule, weight_decay=cell.weight_decay)
 
 
+def eval_steps(total: int, every: int) -> list[int]:
+    """The steps at which an attack of ``total`` steps is evaluated: every ``every``-th and
+    the last (``every`` = 0: the last only)."""
+    if every < 0:
+        raise ConfigError(f"attack.eval_every={every}; give N >= 1, or 0 for the last step only")
+    if every == 0:
+        return [total]
+    return list(range(every, total, every)) + [total]
+
+
+def saved_steps(run_dir: pathlib.Path) -> list[int]:
+    """The steps of the checkpoints in ``run_dir/checkpoints`` (Orbax names them by step)."""
+    d = pathlib.Path(run_dir) / "checkpoints"
+    if not d.is_dir():
+        return []
+    return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit())
+
+
 def run_attack(m: LoadedModel, cell: AttackCell, rows: Sequence[Mapping[str, Any]],
                run_dir: pathlib.Path, data: AttackData = AttackData(), *,
                checkpoint: CheckpointConfig = CheckpointConfig(every=50, keep=1),
-               progress: bool = False, stop_after: int | None = None) -> Params:
-    """Fine-tune ``m`` on harmful rows as ``cell`` says; return plain (merged) params.
+               progress: bool = False, stop_after: int | None = None,
+               eval_at: Sequence[int] = (),
+               on_eval: Callable[[int, Params], None] | None = None) -> Params | None:
+    """Fine-tune ``m`` on harmful rows as ``cell`` says; return plain (merged) params of the
+    last step trained: ``cell.steps``, or with ``eval_at`` the last of those.
 
-    ``stop_after`` (tests) stops after that many steps in this call, as a kill would.
+    ``eval_at``: steps (within ``1..cell.steps``) at which ``on_eval(step, params)`` sees the
+    attacked model. Training runs in segments that end at those steps, each ending with a
+    checkpoint that the next segment resumes from (the batch stream and the learning-rate
+    schedule are functions of the global step and ``cell.steps``, so the segments train
+    exactly what one run would). ``stop_after`` (tests) stops after that many steps in
+    this call, as a kill would, and then returns None.
     """
     pairs = [harmful_pair(r) for r in cell_rows(rows, cell)]
     batches = PairBatches.from_pairs(m.tokenizer, pairs, seq_len=data.seq_len,
                                      batch_size=cell.batch_size, seed=data.seed, fmt=data.fmt,
                                      name=f"attack {cell.name}")
-    loop = LoopConfig(steps=cell.steps, run_dir=run_dir, seed=data.seed, checkpoint=checkpoint,
-                      desc=f"attack {cell.name}", progress=progress, stop_after=stop_after)
-    log.info("attack %s: %s %s lr %g, %d samples, %d steps", cell.name, cell.method,
-             cell.optimizer, cell.lr, cell.n_samples, cell.steps)
+    bad = [k for k in eval_at if not 1 <= k <= cell.steps]
+    if bad:
+        raise ConfigError(f"attack cell {cell.name}: evaluation steps {bad} outside 1..{cell.steps}")
+    ends = sorted(set(eval_at)) or [cell.steps]
+    log.info("attack %s: %s %s lr %g, %d samples, %d steps (evaluated at %s)", cell.name,
+             cell.method, cell.optimizer, cell.lr, cell.n_samples, cell.steps,
+             sorted(set(eval_at)) or "none")
     meta = {"config_digest": cell.digest()}
     optimizer, schedule = optimizer_for(optim_config(cell), cell.steps)
     if cell.method == "full":
         step = build_step(sft_objective(m.fn), optimizer, schedule)
-        # keep_params: the step donates its state; ``m.params`` must survive for the next cell.
-        state = run_loop(m.params, step, SftSource(batches), loop, meta=meta, keep_params=True)
-        return state["params"]
-    lora = init_lora(m.params, cell.lora, data.seed)
-    step = build_step(lora_objective(LoraFn(m.cfg, cell.lora), m.params, data.seed), optimizer,
-                      schedule)
-    state = run_loop(lora, step, SftSource(batches, step_seed=True), loop, meta=meta)
-    return merge_lora(m.params, state["params"], cell.lora)
+        source = SftSource(batches)
+    else:
+        lfn = LoraFn(m.cfg, cell.lora)
+        step = build_step(lora_objective(lfn, m.params, data.seed), optimizer, schedule)
+        source = SftSource(batches, step_seed=True)
+    budget = stop_after
+    params = None
+
+    def train_to(end: int, stop: int | None = None) -> Params:
+        loop = LoopConfig(steps=end, run_dir=run_dir, seed=data.seed, checkpoint=checkpoint,
+                          desc=f"attack {cell.name}", progress=progress, stop_after=stop)
+        if cell.method == "full":
+            # keep_params: the step donates its state; ``m.params`` must survive for the next cell.
+            return run_loop(m.params, step, source, loop, meta=meta, keep_params=True)["params"]
+        state = run_loop(init_lora(m.params, cell.lora, data.seed), step, source, loop, meta=meta)
+        return merge_lora(m.params, state["params"], cell.lora)
+
+    for end in ends:
+        start = max([s for s in saved_steps(run_dir) if s <= end], default=0)
+        if budget is not None and end - start > budget:
+            if budget > 0:
+                train_to(end, stop=budget)  # as a kill part-way would
+            return None
+        params = train_to(end)
+        if budget is not None:
+            budget -= end - start
+        if on_eval is not None and end in eval_at:
+            on_eval(end, params)
+    return params
 
 
 Evaluate = Callable[[LoadedModel, Params], dict[str, Any]]
@@ -136,39 +190,115 @@ def read_results(path: pathlib.Path) -> list[dict[str, Any]]:
     return rows
 
 
+def result_index(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """``{(key, step): row}`` of the keyed rows of a results file (a row without a ``key``,
+    written before rows were keyed, matches nothing; a repeated (key, step), which the
+    sweep never writes, keeps its last row)."""
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in rows:
+        if isinstance(r.get("key"), str) and isinstance(r.get("step"), int):
+            out[(r["key"], r["step"])] = dict(r)
+    return out
+
+
+def training_key(cell: AttackCell, rows: Sequence[Mapping[str, Any]], data: AttackData,
+                 model: Any) -> str:
+    """What an attack's training depends on: the cell, its rows, how they become batches and
+    (when the caller knows it) the attacked model's identity."""
+    return digest_of({"cell": cell.digest(), "rows": digest_of(list(rows[: cell.n_samples])),
+                      "data": dataclasses.asdict(data), "model": model})
+
+
+def result_key(name: str, cell: AttackCell, rows: Sequence[Mapping[str, Any]], data: AttackData,
+               model: Any, evaluation: Any) -> str:
+    """The key of a result row (with its ``step``): the model's name and identity, the
+    attack's training key and what the evaluator measures."""
+    return digest_of({"name": name, "train": training_key(cell, rows, data, model),
+                      "eval": evaluation})
+
+
+def _fresh_cell_dir(cell_dir: pathlib.Path, train_key: str, first_missing: int) -> None:
+    """Drop checkpoints that cannot give the missing rows: another attack's (its key in
+    ``attack_key.json`` differs), or all of them past the first missing step (training
+    cannot go back; deterministic training from scratch gives the same params)."""
+    key_file = cell_dir / "attack_key.json"
+    stale = key_file.is_file() and json.loads(key_file.read_text()).get("key") != train_key
+    if stale or any(s > first_missing for s in saved_steps(cell_dir)):
+        if saved_steps(cell_dir):
+            log.info("attack checkpoints in %s %s: training again from step 0", cell_dir,
+                     "are another attack's" if stale else f"are past step {first_missing}")
+        shutil.rmtree(cell_dir / "checkpoints", ignore_errors=True)
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(json.dumps({"key": train_key}))
+
+
 def sweep(models: Mapping[str, Callable[[], LoadedModel]], cells: Sequence[AttackCell],
           rows: Sequence[Mapping[str, Any]], out_dir: pathlib.Path, evaluate: Evaluate,
           data: AttackData = AttackData(), *, keep_checkpoints: bool = False,
-          progress: bool = False, checkpoint_every: int = 50) -> list[dict[str, Any]]:
-    """Attack every model with every cell; one JSON line per result in ``out_dir/results.jsonl``.
+          progress: bool = False, checkpoint_every: int = 50, eval_every: int = 0,
+          model_keys: Mapping[str, Any] | None = None,
+          eval_key: Any = None) -> list[dict[str, Any]]:
+    """Attack every model with every cell, evaluating each at ``eval_steps(cell.steps,
+    eval_every)``; one JSON line per (model, cell, step) in ``out_dir/results.jsonl``.
 
-    ``models`` maps a name to a loader, so a model whose cells are all done is never loaded.
-    A (model, cell) pair whose row is already in the file (same cell digest) is skipped.
+    A row is keyed (``key`` and ``step``) by the model's name, ``model_keys[name]`` (the
+    model's identity, when the caller knows it), the cell, its rows, ``data`` and
+    ``eval_key`` (what ``evaluate`` measures); a rerun or a resume reads back exactly the
+    rows of its key, computes only the missing steps and never writes a (key, step)
+    twice. ``models`` maps a name to a loader, so a model whose rows are all there is
+    never loaded. Returns the rows in model, cell and step order.
     """
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = out_dir / RESULTS_FILE
-    done = {(r["model"], r["cell"], r["digest"]) for r in read_results(results)}
+    index = result_index(read_results(results))
+    keys = dict(model_keys or {})
+    plan: list[tuple[str, AttackCell, str, list[int]]] = []
+    for name in models:
+        for cell in cells:
+            key = result_key(name, cell, rows, data, keys.get(name), eval_key)
+            plan.append((name, cell, key, eval_steps(cell.steps, eval_every)))
     for name, loader in models.items():
-        todo = [c for c in cells if (name, c.name, c.digest()) not in done]
+        todo = [(cell, key, [s for s in steps if (key, s) not in index])
+                for n, cell, key, steps in plan if n == name]
+        todo = [t for t in todo if t[2]]
         if not todo:
             log.info("sweep: all %d cells of %s are done", len(cells), name)
             continue
         m = loader()
-        for cell in todo:
+        for cell, key, missing in todo:
             cell_dir = out_dir / name / f"cell-{cell.name}"
-            params = run_attack(m, cell, rows, cell_dir, data, progress=progress,
-                                checkpoint=CheckpointConfig(every=checkpoint_every, keep=1))
-            row = {"model": name, "cell": cell.name, "digest": cell.digest(), **cell.as_dict(),
-                   "steps": cell.steps, **evaluate(m, params)}
-            with results.open("a") as f:
-                f.write(json.dumps(row, default=_json_default) + "\n")
+            _fresh_cell_dir(cell_dir, training_key(cell, rows, data, keys.get(name)), missing[0])
+
+            def record(step: int, params: Params, cell: AttackCell = cell, key: str = key) -> None:
+                row = {"model": name, "cell": cell.name, "step": step, "key": key,
+                       "digest": cell.digest(), **cell.as_dict(), "steps": cell.steps,
+                       **evaluate(m, params)}
+                _append_line(results, json.dumps(row, default=_json_default))
+                index[(key, step)] = json.loads(json.dumps(row, default=_json_default))
+                log.info("sweep: %s cell %s step %d/%d evaluated", name, cell.name, step,
+                         cell.steps)
+
+            run_attack(m, cell, rows, cell_dir, data, progress=progress,
+                       checkpoint=CheckpointConfig(every=checkpoint_every, keep=1),
+                       eval_at=missing, on_eval=record)
             if not keep_checkpoints:
-                # A finished cell is its result row; its optimizer state is only disk weight.
+                # A finished cell is its result rows; its optimizer state is only disk weight.
                 shutil.rmtree(cell_dir / "checkpoints", ignore_errors=True)
             log.info("sweep: %s cell %s done", name, cell.name)
-    wanted = {(n, c.name, c.digest()) for n in models for c in cells}
-    return [r for r in read_results(results) if (r["model"], r["cell"], r["digest"]) in wanted]
+    return [index[(key, s)] for _, _, key, steps in plan for s in steps]
+
+
+def _append_line(path: pathlib.Path, line: str) -> None:
+    """Append one line; a last line that a kill cut off before its newline is closed first,
+    so the new row starts a line of its own (``read_results`` skips the cut one)."""
+    with path.open("a+b") as f:
+        f.seek(0, 2)
+        if f.tell() > 0:
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write(line.encode() + b"\n")
 
 
 def _json_default(x: Any) -> Any:

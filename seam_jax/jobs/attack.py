@@ -1,7 +1,9 @@
 """Job "attack": a resumable sweep of harmful fine-tuning attacks on one or more checkpoints.
 
-Each finished (checkpoint, cell) is one JSON line in ``<out_dir>/results.jsonl`` with its
-HS, utility and generations; a restarted sweep skips those. ``make_evaluator`` is the
+Each evaluated (checkpoint, cell, step) is one keyed JSON line in
+``<out_dir>/results.jsonl`` with its HS, harmful and benign CE, coherence, utility and
+generations (every ``attack.eval_every`` steps and at the end); a restarted sweep computes
+only the missing ones. ``make_evaluator`` is the
 evaluation shared with job "experiment".
 """
 
@@ -12,16 +14,18 @@ import pathlib
 from typing import Any, Callable
 
 import ml_collections as mlc
+import numpy as np
 
 from seam_jax.attack import grid as grid_lib
 from seam_jax.attack.runner import AttackData, load_checkpoint, sweep
-from seam_jax.data import benign_mc_items
+from seam_jax.data import benign_mc_items, harmful_pair
 from seam_jax.data.proxy import DEFAULT_N_BENIGN
 from seam_jax.errors import ConfigError
 from seam_jax.eval.behaviour import benign_exact_match
 from seam_jax.eval.harm import CoherenceReference, coherence_reference, harmfulness, make_scorers
 from seam_jax.eval.report import write_report
-from seam_jax.eval.utility import offline_utility
+from seam_jax.eval.stats import with_ci
+from seam_jax.eval.utility import benign_ce_rows, offline_utility
 from seam_jax.hf.source import LoadedModel, load_model
 from seam_jax.jobs.data import ExperimentData, load_experiment_data
 from seam_jax.model.api import Params
@@ -41,6 +45,8 @@ def make_evaluator(c: mlc.ConfigDict, data: ExperimentData) -> Evaluator:
                            harmful_label=c.harm.harmful_label, allow_hub=c.model.allow_hub,
                            rows=data.splits.test)
     prompts = [r["prompt"] for r in data.splits.test[: c.harm.n_prompts]]
+    # Harmful CE: the test rows' own harmful responses (held out of every attack's rows).
+    harmful_pairs = [harmful_pair(r) for r in data.splits.test[: c.harm.n_prompts]]
     if not prompts:
         raise ConfigError("no test prompts: raise data.n_test")
     u = c.utility
@@ -75,6 +81,9 @@ def make_evaluator(c: mlc.ConfigDict, data: ExperimentData) -> Evaluator:
             out[f"hs_{s.name}_ci"] = harm[s.name]["hs_mean_ci"]
             out[f"hs_{s.name}_frac_ci"] = harm[s.name]["hs_frac_ci"]
         out.update(harm["labels"])
+        sums, counts = benign_ce_rows(m.fn, params, m.tokenizer, harmful_pairs, fmt=c.data.format,
+                                      seq_len=c.data.context_length)
+        with_ci(out, "harmful_loss", sums / np.maximum(counts, 1.0), weights=counts)
         if benign_pairs and mc_items:
             out.update(offline_utility(m.fn, params, m.tokenizer, benign_pairs=benign_pairs,
                                        mc_items=mc_items, fmt=c.data.format,
@@ -132,7 +141,8 @@ def run(c: mlc.ConfigDict) -> list[dict[str, Any]]:
     out_dir = pathlib.Path(c.attack.out_dir or run_dir / "attacks")
     rows = sweep(models, cells, data.splits.attack, out_dir, make_evaluator(c, data),
                  attack_data(c), keep_checkpoints=c.attack.keep_checkpoints, progress=c.progress,
-                 checkpoint_every=c.attack.checkpoint_every)
+                 checkpoint_every=c.attack.checkpoint_every, eval_every=c.attack.eval_every,
+                 eval_key={k: c[k].to_dict() for k in ("harm", "utility", "data", "eval")})
     write_report(out_dir, before={}, attacked=rows, pca=None)
     log.info("attack sweep done: %d results in %s", len(rows), out_dir / "results.jsonl")
     return rows

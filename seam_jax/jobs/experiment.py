@@ -1,17 +1,28 @@
-"""Job "experiment": the paper's experiment end to end, at the size the config gives.
+"""Job "experiment": the paper's experiment end to end, with a control arm and seeds.
 
-1. evaluate the base model (HS and utility);
-2. defend it with SEAM (``jobs.seam.run`` with the same config, in ``<run_dir>/seam``);
-3. evaluate the defended model;
-4. attack both with the configured (sub-)grid, evaluating each attacked model
-   (``<run_dir>/attacks/results.jsonl``, resumable);
-5. gradient PCA of adversarial and benign batches for both (Figure 6);
-6. write ``report.md`` with the table and the plots.
+For each seed of ``experiment.seeds`` (a replicate: the seed sets ``seed`` and
+``data.seed``, so that seed's proxy data, splits, defense batch order and attack batch
+order; every arm of a seed sees the same):
+
+1. evaluate the base model (HS and utility), whatever the arms: its utility sets the
+   capability guard's floor;
+2. train each defense arm of ``experiment.arms`` (``ARMS``: ``base`` is the untrained
+   model; ``control`` is SEAM with ``seam.beta=0``, i.e. L_ul + alpha L_up; ``seam``;
+   any other name is ``defense.name=<name>``, where the config has a ``defense``
+   section) by ``jobs.seam.run`` in ``<run_dir>/<arm>-s<seed>``;
+3. evaluate each defended model;
+4. attack every arm's model with the configured (sub-)grid, evaluating each attack every
+   ``attack.eval_every`` steps and at its end (``<run_dir>/attacks/results.jsonl``,
+   rows keyed by model, cell and step, resumable);
+5. gradient PCA of adversarial and benign batches for every model (Figure 6);
+6. write ``report.md``: per arm and seed the capability-guarded worst case
+   (``experiment.utility_guard``) with the broken verdict and its 95% interval, the
+   tables, the trajectory and lr plots.
 
 Every stage stores its result in the run directory and is skipped on a rerun, so a
 killed experiment resumes where it stopped. A stored result is keyed by what it
 measured (the weight hash of each model it measured, and the config fields it read:
-``train.run_dir.cached``) and reused only for that key; the SEAM stage reruns (and its
+``train.run_dir.cached``) and reused only for that key; a defense stage reruns (and its
 own ``run.json`` refuses another config) when its summary is another config's.
 """
 
@@ -26,7 +37,7 @@ from typing import Any
 import ml_collections as mlc
 
 from seam_jax import config as config_lib
-from seam_jax.errors import read_json
+from seam_jax.errors import ConfigError, read_json
 from seam_jax.attack import grid as grid_lib
 from seam_jax.attack.runner import load_checkpoint, sweep
 from seam_jax.data import PairBatches, benign_pair, harmful_pair
@@ -54,21 +65,111 @@ def _sections(c: mlc.ConfigDict, *names: str) -> dict[str, Any]:
     return {k: v for k, v in full.items() if any(k == n or k.startswith(n + ".") for n in names)}
 
 
-def defend(c: mlc.ConfigDict, run_dir: pathlib.Path) -> pathlib.Path:
-    """Run SEAM into ``run_dir/seam`` (unless its summary is of this config); return that
-    directory. A rerun with another config reaches ``jobs.seam``, whose ``run.json`` refuses
-    it unless ``resume=force``."""
-    seam_dir = run_dir / "seam"
+# The arms: name -> the config overrides of its defense run (None: no defense run, the
+# model as loaded). Every arm of a seed shares that seed's data, batch order and attacks.
+ARMS: dict[str, dict[str, Any] | None] = {
+    "base": None,                      # the untrained model
+    "control": {"seam.beta": 0.0},     # L_ul + alpha L_up: SEAM without its L_sd term
+    "seam": {},                        # the config's SEAM
+}
+
+
+def _names(text: Any, what: str) -> list[str]:
+    if isinstance(text, (list, tuple)):
+        items = [str(x).strip() for x in text]
+    else:
+        items = [x.strip() for x in str(text).split(",")]
+    items = [x for x in items if x]
+    if not items:
+        raise ConfigError(f"{what} is empty; give a comma-separated list, e.g. "
+                          f"{'base,control,seam' if what == 'experiment.arms' else '0,1'}")
+    dup = sorted({x for x in items if items.count(x) > 1})
+    if dup:
+        raise ConfigError(f"{what} lists {dup} twice; give each once")
+    return items
+
+
+def arm_overrides(c: mlc.ConfigDict, arm: str) -> dict[str, Any] | None:
+    """The config overrides of ``arm``'s defense run (``ARMS``), None for ``base``.
+
+    Where the config has a ``defense`` section, ``control`` and ``seam`` also set
+    ``defense.name=seam`` and any other name is ``defense.name=<arm>``; without one, any
+    other name is a one-line ConfigError.
+    """
+    has_defense = "defense" in c and "name" in c.defense
+    if arm in ARMS:
+        over = ARMS[arm]
+        if over is None:
+            return None
+        return {**over, "defense.name": "seam"} if has_defense else dict(over)
+    if not has_defense:
+        raise ConfigError(f"experiment.arms: unknown arm {arm!r}; choose from {list(ARMS)} "
+                          f"(other defenses need the config's defense section: defense.name)")
+    try:
+        from seam_jax.defense import NAMES as known
+    except ImportError:  # a defense section without the package: jobs.seam judges the name
+        known = None
+    if known is not None and arm not in known:
+        raise ConfigError(f"experiment.arms: unknown arm {arm!r}; choose from {list(ARMS)} or a "
+                          f"defense.name of {list(known)}")
+    return {"defense.name": arm}
+
+
+def arms_and_seeds(c: mlc.ConfigDict) -> tuple[list[str], list[int]]:
+    """``experiment.arms`` (each checked by ``arm_overrides``) and ``experiment.seeds``."""
+    arms = _names(c.experiment.arms, "experiment.arms")
+    for arm in arms:
+        arm_overrides(c, arm)
+    seeds = []
+    for x in _names(c.experiment.seeds, "experiment.seeds"):
+        try:
+            seeds.append(int(x))
+        except ValueError:
+            raise ConfigError(f"experiment.seeds has {x!r}; give comma-separated integers, "
+                              f"e.g. 0,1") from None
+    if len(set(seeds)) < len(seeds):
+        raise ConfigError(f"experiment.seeds={c.experiment.seeds!r} repeats a seed")
+    return arms, seeds
+
+
+def model_name(arm: str, seed: int) -> str:
+    return f"{arm}-s{seed}"
+
+
+def seed_config(c: mlc.ConfigDict, seed: int) -> mlc.ConfigDict:
+    """``c`` for one replicate: ``seed`` and ``data.seed`` set to ``seed``."""
     sc = c.copy_and_resolve_references()
     with sc.unlocked():
-        sc.run_dir = str(seam_dir)
+        sc.seed = int(seed)
+        sc.data.seed = int(seed)
+    return sc
+
+
+def arm_config(c: mlc.ConfigDict, arm: str, run_dir: pathlib.Path) -> mlc.ConfigDict:
+    """The defense run's config of ``arm`` (``c`` already a seed's) in ``run_dir``."""
+    sc = c.copy_and_resolve_references()
+    with sc.unlocked():
+        for path, value in (arm_overrides(c, arm) or {}).items():
+            *sections, field = path.split(".")
+            node = sc
+            for name in sections:
+                node = node[name]
+            node[field] = type(node[field])(value) if node[field] is not None else value
+        sc.run_dir = str(run_dir)
         sc.job = "seam"
         sc.export.dir = ""  # the run's own defended-hf
-    summary = seam_dir / "summary.json"
+    return sc
+
+
+def defend(c: mlc.ConfigDict, arm_dir: pathlib.Path) -> pathlib.Path:
+    """Run the defense ``c`` (an ``arm_config``) into ``arm_dir`` unless its summary is of
+    this config; return that directory. A rerun with another config reaches ``jobs.seam``,
+    whose ``run.json`` refuses it unless ``resume=force``."""
+    summary = arm_dir / "summary.json"
     if not (summary.is_file() and read_json(summary).get("config_digest")
-            == config_lib.digest(sc)):
-        seam_job.run(sc)
-    return seam_dir
+            == config_lib.digest(c)):
+        seam_job.run(c)
+    return arm_dir
 
 
 def pca_batches(c: mlc.ConfigDict, tok: Any, data: ExperimentData) -> tuple[list, list]:
@@ -111,64 +212,108 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
 def _run(c: mlc.ConfigDict, run_dir: pathlib.Path) -> dict[str, Any]:
     t0 = time.time()
     cells = grid_lib.from_config(c.attack)  # a bad grid fails before any training
-    data = load_experiment_data(c, run_dir)
-    evaluate = make_evaluator(c, data)
-    models: dict[str, LoadedModel] = {}
-
-    def get(name: str) -> LoadedModel:
-        if name not in models:
-            models[name] = load_model(c) if name == "base" else load_checkpoint(run_dir / "seam", c)
-        return models[name]
-
-    # What the evaluator reads (make_evaluator): the HS and utility settings and the data.
-    eval_fields = _sections(c, "harm", "data", "utility.n_benign", "utility.n_mc",
-                            "utility.lm_eval_tasks", "utility.lm_eval_limit", "model.allow_hub")
-
-    def evaluated(name: str) -> dict[str, Any]:
-        return run_dir_lib.cached(run_dir / f"eval_{name}.json",
-                                  {"model": model_key(get(name)), **eval_fields},
-                                  lambda: evaluate(get(name), get(name).params))
-
+    arms, seeds = arms_and_seeds(c)
     timings: dict[str, float] = {}
-    t = time.time()
-    before = {"base": evaluated("base")}
-    timings["eval_base"] = time.time() - t
-    t = time.time()
-    defend(c, run_dir)
-    timings["seam"] = time.time() - t
-    t = time.time()
-    before["seam"] = evaluated("seam")
-    timings["eval_seam"] = time.time() - t
-    if c.utility.fs_task:
-        t = time.time()
-        for name in ("base", "seam"):
-            before[name] = {**before[name], **fine_tuning_scores(c, run_dir, get(name), name)}
-        timings["fs"] = time.time() - t
-    t = time.time()
-    attacked = sweep({"base": lambda: get("base"), "seam": lambda: get("seam")}, cells,
-                     data.splits.attack, pathlib.Path(c.attack.out_dir or run_dir / "attacks"),
-                     evaluate, attack_data(c), keep_checkpoints=c.attack.keep_checkpoints,
-                     progress=c.progress, checkpoint_every=c.attack.checkpoint_every)
-    timings["attacks"] = time.time() - t
-    t = time.time()
-    pca = None
-    if c.utility.pca_batches > 0:
-        def compute_pca() -> dict[str, Any]:
-            adv, bgn = pca_batches(c, get("base").tokenizer, data)
-            return gradient_pca({n: (get(n).fn, get(n).params) for n in ("base", "seam")}, adv,
-                                bgn, n_coords=c.utility.pca_coords, seed=c.seed)
-
-        key = {"models": {n: model_key(get(n)) for n in ("base", "seam")},
-               **_sections(c, "utility.pca_batches", "utility.pca_coords", "data", "seed")}
-        pca = run_dir_lib.cached(run_dir / "pca.json", key, compute_pca)
-    timings["pca"] = time.time() - t
-    notes = [f"cells: {[(x.name, x.method, x.optimizer, x.n_samples, x.lr) for x in cells]}",
-             f"SEAM: {c.steps} steps, beta {c.seam.beta}, lr {c.optim.lr}; "
-             f"HS scorers: {c.harm.scorers}; {len(data.splits.test[: c.harm.n_prompts])} test prompts",
+    before: dict[str, dict[str, Any]] = {}
+    attacked: list[dict[str, Any]] = []
+    pca: dict[str, Any] = {}
+    base_of: dict[str, str] = {}
+    n_prompts = 0
+    for seed in seeds:
+        sc = seed_config(c, seed)
+        out = _run_seed(sc, run_dir, arms, seed, cells, timings)
+        before.update(out["before"])
+        attacked += out["attacked"]
+        pca.update(out["pca"] or {})
+        base_of.update(out["base_of"])
+        n_prompts = out["n_prompts"]
+    overrides = {a: arm_overrides(c, a) for a in arms}
+    notes = [f"arms (defense overrides): {overrides}; seeds {seeds} (a seed sets seed and "
+             f"data.seed)",
+             f"cells: {[(x.name, x.method, x.optimizer, x.n_samples, x.lr) for x in cells]}; "
+             f"evaluated every {c.attack.eval_every or 'last'} step(s) and at the end",
+             f"defense: {c.steps} steps, beta {c.seam.beta}, lr {c.optim.lr}; "
+             f"HS scorers: {c.harm.scorers}; {n_prompts} test prompts",
              "timings (s, this process): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())]
-    report = write_report(run_dir, before=before, attacked=attacked, pca=pca, notes=notes)
-    summary = {"report": str(report), "n_attacked": len(attacked),
+    guard = float(c.experiment.utility_guard)
+    report = write_report(run_dir, before=before, attacked=attacked, pca=pca or None, notes=notes,
+                          base_of=base_of, guard=guard)
+    worst = json.loads((run_dir / "report.json").read_text())["worst_case"]
+    summary = {"report": str(report), "n_attacked": len(attacked), "arms": arms, "seeds": seeds,
+               "worst_case": {m: {k: w.get(k) for k in ("hs", "utility", "broken", "verdict_ci",
+                                                           "n_kept", "n_rows")}
+                              for m, w in worst.items()},
                "wall_seconds": round(time.time() - t0, 1), "timings": timings}
     (run_dir / "experiment_summary.json").write_text(json.dumps(summary, indent=1))
     log.info("experiment done in %.0f s; report at %s", summary["wall_seconds"], report)
     return summary
+
+
+def _run_seed(c: mlc.ConfigDict, run_dir: pathlib.Path, arms: list[str], seed: int,
+              cells: list, timings: dict[str, float]) -> dict[str, Any]:
+    """Every stage of one seed (``c`` is its ``seed_config``); its models are dropped after."""
+    data = load_experiment_data(c, run_dir / f"seed-{seed}")  # its data in seed-<s>/data
+    evaluate = make_evaluator(c, data)
+    base = model_name("base", seed)
+    names = {model_name(a, seed): a for a in arms}
+    models: dict[str, LoadedModel] = {}
+    keys: dict[str, dict[str, Any]] = {}
+
+    def get(name: str) -> LoadedModel:
+        if name not in models:
+            models[name] = (load_model(c) if name == base
+                            else load_checkpoint(run_dir / name, c))
+        return models[name]
+
+    def key_of(name: str) -> dict[str, Any]:
+        if name not in keys:
+            keys[name] = model_key(get(name))
+        return keys[name]
+
+    # What the evaluator reads (make_evaluator): the HS and utility settings and the data.
+    eval_fields = _sections(c, "harm", "data", "utility.n_benign", "utility.n_mc",
+                            "utility.lm_eval_tasks", "utility.lm_eval_limit", "model.allow_hub",
+                            "eval.max_new_tokens", "eval.n_prompts")
+
+    def evaluated(name: str) -> dict[str, Any]:
+        return run_dir_lib.cached(run_dir / f"eval_{name}.json",
+                                  {"model": key_of(name), **eval_fields},
+                                  lambda: evaluate(get(name), get(name).params))
+
+    def timed(label: str, fn: Any) -> Any:
+        t = time.time()
+        value = fn()
+        timings[label] = timings.get(label, 0.0) + time.time() - t
+        return value
+
+    before = {base: timed("eval_base", lambda: evaluated(base))}
+    for name, arm in names.items():
+        if arm_overrides(c, arm) is not None:
+            timed(f"defense_{arm}", lambda: defend(arm_config(c, arm, run_dir / name),
+                                                   run_dir / name))
+            before[name] = timed(f"eval_{arm}", lambda: evaluated(name))
+    if c.utility.fs_task:
+        for name in names:
+            before[name] = {**before[name],
+                            **timed("fs", lambda: fine_tuning_scores(c, run_dir, get(name), name))}
+    attacked = timed("attacks", lambda: sweep(
+        {n: (lambda n=n: get(n)) for n in names}, cells, data.splits.attack,
+        pathlib.Path(c.attack.out_dir or run_dir / "attacks"), evaluate, attack_data(c),
+        keep_checkpoints=c.attack.keep_checkpoints, progress=c.progress,
+        checkpoint_every=c.attack.checkpoint_every, eval_every=c.attack.eval_every,
+        model_keys={n: key_of(n) for n in names}, eval_key=eval_fields))
+    pca = None
+    if c.utility.pca_batches > 0:
+        def compute_pca() -> dict[str, Any]:
+            adv, bgn = pca_batches(c, get(base).tokenizer, data)
+            return gradient_pca({n: (get(n).fn, get(n).params) for n in names}, adv, bgn,
+                                n_coords=c.utility.pca_coords, seed=c.seed)
+
+        key = {"models": {n: key_of(n) for n in names},
+               **_sections(c, "utility.pca_batches", "utility.pca_coords", "data", "seed")}
+        pca = timed("pca", lambda: run_dir_lib.cached(run_dir / f"pca-s{seed}.json", key,
+                                                      compute_pca))
+        pca = {k: v for k, v in pca.items() if k in names}  # not the cache's measured_for
+    return {"before": {n: before[n] for n in [base, *names] if n in before},
+            "attacked": attacked, "pca": pca, "base_of": {n: base for n in names},
+            "n_prompts": len(data.splits.test[: c.harm.n_prompts])}
