@@ -67,7 +67,12 @@ class ModelFn:
         chex.assert_rank(input_ids, 2)
         chex.assert_type(input_ids, int)
         chex.assert_equal_shape([x for x in (input_ids, attention_mask, positions) if x is not None])
-        out = self.module(params)(input_ids, attention_mask, positions, **kw)
+        if self.config.matmul_precision:
+            # Read when each product is traced, so the forward pass and its transposes carry it.
+            with jax.default_matmul_precision(self.config.matmul_precision):
+                out = self.module(params)(input_ids, attention_mask, positions, **kw)
+        else:
+            out = self.module(params)(input_ids, attention_mask, positions, **kw)
         if out.logits is not None:
             chex.assert_shape(out.logits, (*input_ids.shape, self.config.vocab_size))
         return out

@@ -49,6 +49,8 @@ def parse_dtype(name: str | Any) -> Any:
 
 # Rematerialisation of the decoder layers (``transformer._remat_policy``).
 REMAT_POLICIES = ("none", "full", "dots_saveable", "nothing_saveable")
+# ``ModelConfig.matmul_precision``: "" (the backend's default) or "highest" (float32 products).
+MATMUL_PRECISIONS = ("", "highest")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +87,10 @@ class ModelConfig:
     dtype: str = "float32"
     scan_layers: bool = True
     remat: str = "none"  # one of REMAT_POLICIES
+    # The precision of the products of float32 operands (MATMUL_PRECISIONS): "" is JAX's
+    # default for the backend, which rounds them to TF32 on recent GPUs and to one
+    # bfloat16 pass on TPUs; "highest" computes them in float32 (on a CPU both are float32).
+    matmul_precision: str = ""
 
     def __post_init__(self) -> None:
         if self.num_attention_heads % self.num_key_value_heads:
@@ -109,6 +115,9 @@ class ModelConfig:
                 raise ConfigError(f"layer_types has {bad}; seam_jax implements {LAYER_TYPES}")
         if self.remat not in REMAT_POLICIES:
             raise ConfigError(f"remat={self.remat!r}; choose one of {', '.join(REMAT_POLICIES)}")
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ConfigError(f"matmul_precision={self.matmul_precision!r}; choose one of "
+                              f"{MATMUL_PRECISIONS}")
 
     @property
     def model_type(self) -> str:

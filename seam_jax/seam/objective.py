@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from seam_jax.model.api import ModelFn, Params
-from seam_jax.model.config import REMAT_POLICIES
+from seam_jax.model.config import REMAT_POLICIES, ModelConfig
 from seam_jax.seam.lens import ul_and_attack_gradients
 from seam_jax.seam.losses import check_batch, masked_ce, unlearning_and_attack_losses
 from seam_jax.seam.sd_grad import (
@@ -83,8 +83,16 @@ def sd_model(fn: ModelFn, hp: SeamHyper) -> ModelFn:
     if hp.sd_remat not in ("model", cfg.remat):
         cfg = cfg.replace(remat=hp.sd_remat)
     if widens(hp.sd_precision, cfg.dtype):
-        cfg = cfg.replace(dtype="float32")
+        cfg = widened_config(cfg)
     return fn if cfg == fn.config else ModelFn(cfg)
+
+
+def widened_config(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` computing in float32 with float32 products: the L_sd estimator's model under
+    ``sd_precision='float32'``. The products must be float32 too: the backends' default for
+    float32 operands (TF32 on GPUs, one bfloat16 pass on TPUs) would round ``eps d`` away
+    inside every matmul, as the bfloat16 cast does."""
+    return cfg.replace(dtype="float32", matmul_precision="highest")
 
 
 def ul_and_attack(fn: ModelFn, params: Params, adv: dict, hp: SeamHyper

@@ -39,7 +39,7 @@ from seam_jax.errors import ConfigError
 from seam_jax.model.api import ModelFn, Params
 from seam_jax.model.config import ModelConfig, parse_dtype
 from seam_jax.seam.losses import masked_ce
-from seam_jax.seam.objective import sd_model
+from seam_jax.seam.objective import sd_model, widened_config
 from seam_jax.seam.sd_grad import geometry, widens
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,10 @@ def _check_float64(p: Precision) -> None:
 
 def model_for(cfg: ModelConfig, p: Precision) -> ModelFn:
     """The model function of ``p``'s L_sd estimator for ``cfg`` (call inside ``precision_scope(p)``):
-    master ``p.param_dtype``, compute ``p.sd_compute_dtype``."""
-    return ModelFn(cfg.replace(param_dtype=p.param_dtype, dtype=p.sd_compute_dtype))
+    master ``p.param_dtype``, compute ``p.sd_compute_dtype`` (where that widens the compute
+    dtype, with float32 products: ``objective.widened_config``, as the SEAM step does)."""
+    cfg = cfg.replace(param_dtype=p.param_dtype, dtype=p.compute_dtype)
+    return ModelFn(widened_config(cfg) if p.sd_compute_dtype != p.compute_dtype else cfg)
 
 
 def cast_params(params: Params, p: Precision) -> Params:

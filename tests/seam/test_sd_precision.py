@@ -220,3 +220,39 @@ def test_seam_job_refuses_a_lossy_difference_before_training_and_runs_it_when_fa
     assert not list((tmp_path / "compute").glob("**/summary.json"))  # nothing trained
     summary = seam_job.run(_debug_config(tmp_path, "faithful"))
     assert summary["sd_perturbation"]["d_a"]["cos"] < REALISED_COS_MIN
+
+
+def _dot_precisions(jaxpr) -> list[tuple[str, str]]:
+    """(operand dtypes, precision) of every dot_general in ``jaxpr`` and its sub-jaxprs."""
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            dtypes = ",".join(sorted({str(v.aval.dtype) for v in eqn.invars}))
+            out.append((dtypes, str(eqn.params["precision"])))
+        for v in eqn.params.values():
+            for sub in v if isinstance(v, (tuple, list)) else (v,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    out.extend(_dot_precisions(inner))
+    return out
+
+
+def test_the_float32_policy_asks_for_float32_products():
+    """On GPUs and TPUs JAX's default for float32 matmul operands is TF32 or one bfloat16
+    pass, which would round eps d away inside the products as the compute cast does; the
+    float32 policy's products carry precision HIGHEST (checked in the jaxpr, since a CPU
+    computes float32 products either way), and the bfloat16 rest of the step does not."""
+    bf = tiny.model("bfloat16", param_dtype="float32")
+    params = bf.init(0)
+    b = tiny.seam_batches(0)
+
+    def dots(policy):
+        hp = SeamHyper(sd_precision=policy)
+        return _dot_precisions(jax.make_jaxpr(functools.partial(seam_gradient, bf, hp=hp))(params, b).jaxpr)
+
+    wide = dots("float32")
+    f32 = [p for dt, p in wide if dt == "float32"]
+    assert f32 and all("HIGHEST" in p for p in f32), sorted(set(f32))
+    # The step's own passes (bfloat16 operands, or bfloat16 with float32 attention weights).
+    assert any("bfloat16" in dt and "HIGHEST" not in p for dt, p in wide)
+    assert not any("HIGHEST" in p for _, p in dots("compute"))
