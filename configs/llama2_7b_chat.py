@@ -25,9 +25,13 @@ the step stays in bfloat16; its cost is those four float32 gradient evaluations 
 of two bfloat16 ones (the step's bfloat16 g_b is then unused, so XLA may drop its backward
 pass). Measured on SmolLM2-135M, batches 2 x 64, 2-core CPU: the jitted SEAM step takes
 7.72 s with it and 7.73 s with "compute" (XLA:CPU gains nothing from bfloat16 matmuls);
-XLA's FLOP count rises from 1.53e11 to 1.86e11 (+22%). On GPUs and TPUs, where float32
-matmuls run at a fraction of the bfloat16 rate, expect more than that in time; not
-measured. The SEAM job
+XLA's FLOP count rises from 1.53e11 to 1.86e11 (+22%). Its products are float32 as well
+(matmul precision HIGHEST: the backends' default for float32 operands, TF32 on GPUs and
+one bfloat16 pass on TPUs, would round eps d away inside the matmuls). At this size the
+ahead-of-time plan (configs/plan.py:llama2-7b, 8 devices, fsdp 8, batch 8 x 256) gives
+39.1 GiB per device against 37.5 with "compute", and benchmarks/flops.py counts 19% more
+FLOPs, 64% of them float32 products, which run at about 1/6 (TPU) to 1/15 (H100) of the
+bfloat16 rate: an estimated 5x to 12x the step time, not measured on hardware. The SEAM job
 refuses "compute" here with one line (the realised perturbation's cosine with eps d is
 below 0.9); "faithful" reproduces the original's rounding on purpose.
 """
