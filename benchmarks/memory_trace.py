@@ -136,11 +136,12 @@ def _pump(stream: Any, sink: Any, trace: Trace, log: Any, log_lock: threading.Lo
             log.write(chunk)
         buf += chunk
         *lines, buf = re.split(rb"[\r\n]", buf)
-        for ln in lines:
+        # The unterminated rest too: a progress bar's line ends only at its next redraw's
+        # \r (seconds later), so it is read now; a marker fires once, so reading it again
+        # when it completes changes nothing.
+        for ln in lines + [buf]:
             if ln.strip():
                 trace.line(ln.decode("utf-8", "replace"))
-    if buf.strip():
-        trace.line(buf.decode("utf-8", "replace"))
 
 
 def run(cmd: list[str], out: pathlib.Path, markers: list[tuple[str, str]],
