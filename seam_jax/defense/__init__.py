@@ -20,7 +20,8 @@ model of 4 layers, hidden 256, vocabulary 2048, batch 4 x 64, AdamW, median of 5
 steps; the SFT step itself 111 ms, and ``none``, the same program, 95 ms, so about 15%
 is noise): ``none`` 0.86, ``vaccine`` 1.02 (its first pass needs no weight gradients),
 ``booster`` 2.05, ``repnoise`` 2.67, ``seam`` 4.51 (hessian_free, beta 0.01), ``tar``
-5.15 with one adversary of K = 2 steps (each adversary step costs about two more).
+5.15 with one adversary of K = 2 steps (each adversary step adds an adversary gradient
+and a tamper-resistance gradient).
 """
 
 from __future__ import annotations
