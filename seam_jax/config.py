@@ -144,10 +144,12 @@ def base_config() -> mlc.ConfigDict:
     # multi-process job: SLURM, TPU pod, JAX_COORDINATOR_ADDRESS), on (always; JAX detects
     # the cluster), off; or an explicit coordinator "host:port" with the process count/id.
     # init_timeout: seconds to wait for the coordinator and the other processes before
-    # failing with one line (JAX's own default is 300).
+    # failing with one line (JAX's own default is 300). heartbeat_timeout: seconds without a
+    # heartbeat after which a process counts as gone, and the others stop with one line
+    # (JAX's default is 100).
     c.distributed = mlc.ConfigDict(dict(
         mode="auto", coordinator_address="", num_processes=0, process_id=-1, local_device_ids="",
-        init_timeout=60,
+        init_timeout=60, heartbeat_timeout=60,
     ))
     # Job "plan" (parallel/plan.py): compile the step ahead of time for num_devices devices
     # (faked on a CPU if needed) and check per-device memory against device_memory_gb (GiB)
@@ -221,6 +223,8 @@ def validate(c: mlc.ConfigDict) -> None:
         _at_least(c, "generate.batch_size", 1, "decode batches of N >= 1 prompts")
     _positive(c, "distributed.init_timeout",
               "wait a positive number of seconds for the other processes")
+    _positive(c, "distributed.heartbeat_timeout",
+              "count a process as gone after a positive number of seconds without a heartbeat")
     _validate_export(c)
 
 

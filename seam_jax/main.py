@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import pathlib
 import sys
 import time
@@ -91,7 +92,17 @@ def run_config(c: Any) -> Any:
     validate(c)
     if c.job not in JOBS:
         raise UsageError(f"job={c.job!r}; choose one of {sorted(JOBS)}")
+    _check_dirs(c)
     return importlib.import_module(JOBS[c.job]).run(c)
+
+
+def _check_dirs(c: Any) -> None:
+    """One line for a run_dir or export.dir it cannot use (object storage), before any work."""
+    from seam_jax.train.run_dir import resolve
+
+    resolve(c.run_dir)
+    if c.export.dir:
+        resolve(c.export.dir, "export.dir")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,11 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     from seam_jax.errors import SeamError
 
+    global _error_log
+    _error_log = None
     try:
         c = parse(argv)
+        _error_log = _error_log_for(c)
         from seam_jax.config import validate
 
         validate(c)  # every field, before the devices, the model or a compile
+        _check_dirs(c)
         from seam_jax.jobs.sharding import setup_distributed
 
         setup_distributed(c)  # multi-host jobs only; before anything touches the devices
@@ -117,28 +132,63 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A bug would surface as another exception type, with its traceback.
         # Our own errors say what to fix; a traceback helps only with the others'.
         rc = _fail(_one_line(e), verbose, hint=not isinstance(e, SeamError))
-        return getattr(e, "exit_code", rc)  # train.loop.Interrupted: 128 + the signal
+        return _leave(getattr(e, "exit_code", rc))  # train.loop.Interrupted: 128 + the signal
     except KeyboardInterrupt:  # before or after training (the loop saves and says so itself)
         print("seam_jax: interrupted (SIGINT)", file=sys.stderr)
         return 130
     except Exception as e:
-        line = _library_error(e)
+        line = _library_error(e) or _lost_process_error(e)
         if line is None:
             raise
-        return _fail(line, verbose)
+        return _leave(_fail(line, verbose))
     from seam_jax.jobs.summary import summary_text
 
     print(summary_text(c, result, time.time() - t0), flush=True)  # stdout holds only this
     return 0
 
 
+ERROR_LOG = "seam_jax-error.log"
+_error_log: pathlib.Path | None = None  # RUN/seam_jax-error.log of the config being run
+
+
+def _error_log_for(c: Any) -> pathlib.Path | None:
+    try:
+        from seam_jax.train.run_dir import resolve
+
+        return resolve(c.run_dir) / ERROR_LOG
+    except Exception:  # a run_dir it cannot use is reported by the job itself
+        return None
+
+
+def _log_traceback(msg: str) -> pathlib.Path | None:
+    """Append the current exception's traceback to ``RUN/seam_jax-error.log`` (when the run
+    directory exists: a config error creates none); returns the file, or None."""
+    import traceback
+
+    path = _error_log
+    if path is None or not path.parent.is_dir() or sys.exc_info()[0] is None:
+        return None
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} pid {os.getpid()}: {msg}\n")
+            traceback.print_exc(file=f)
+    except OSError:  # a read-only or full disk: the line on stderr is what is left
+        return None
+    return path
+
+
 def _fail(msg: str, verbose: bool = False, hint: bool = True) -> int:
-    """One line on stderr (the traceback first with ``--verbose``); exit code 2."""
+    """One line on stderr (the traceback first with ``--verbose``, and in any case in
+    ``RUN/seam_jax-error.log`` when the run directory exists); exit code 2."""
     if verbose:
         import traceback
 
         traceback.print_exc(file=sys.stderr)
-    hint = " (rerun with --verbose for the traceback)" if hint and not verbose else ""
+    logged = _log_traceback(msg)
+    if hint and not verbose and logged is not None:
+        hint = f" (the traceback is in {logged}; --verbose prints it)"
+    else:
+        hint = " (rerun with --verbose for the traceback)" if hint and not verbose else ""
     print(f"seam_jax: error: {msg}{hint}", file=sys.stderr)
     return 2
 
@@ -168,6 +218,36 @@ def _one_line(e: BaseException) -> str:
         }.get(e.errno, "check the path and the disk")
         return f"{type(e).__name__}: {e.strerror}{where}; {fix}"
     return f"{type(e).__name__}: {str(e).replace(chr(10), ' ')}"
+
+
+def _multiprocess() -> bool:
+    from jax._src import distributed
+
+    return distributed.global_state.client is not None
+
+
+def _leave(rc: int) -> int:
+    """A failed process of a multi-process job exits at once: at a normal exit JAX's
+    shutdown barrier would wait (up to 300 s) for processes that may be gone."""
+    if _multiprocess():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(rc)
+    return rc
+
+
+def _lost_process_error(e: BaseException) -> str | None:
+    """One line for a collective that failed because another process of the job is gone."""
+    import jax
+
+    if not (_multiprocess() and isinstance(e, jax.errors.JaxRuntimeError)):
+        return None
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return (f"a collective with the other processes failed ({first}): another process of "
+            f"this job stopped or failed (distributed.heartbeat_timeout bounds the wait for "
+            f"one); the checkpoints written so far are kept: start every process again with "
+            f"the same command to resume")
 
 
 def _library_error(e: BaseException) -> str | None:

@@ -789,7 +789,11 @@ def _beavertails_test_rows(
 
 def _dump(rows: list[Row], path: Path) -> None:
     # Fixed key order, indentation and encoding make the bytes a function of the seed.
-    path.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8", newline="\n")
+    # Through a rename: the processes of a multi-process job write the same files, and one
+    # must never read another's half-written file.
+    tmp = path.with_name(f".{path.name}.tmp-{__import__('os').getpid()}")
+    tmp.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8", newline="\n")
+    tmp.replace(path)
 
 
 def write_proxy(

@@ -21,7 +21,8 @@ def distributed_config(c: mlc.ConfigDict) -> DistributedConfig:
     return DistributedConfig(mode=str(d.mode), coordinator_address=str(d.coordinator_address),
                              num_processes=int(d.num_processes), process_id=int(d.process_id),
                              local_device_ids=str(d.local_device_ids),
-                             init_timeout=float(d.init_timeout))
+                             init_timeout=float(d.init_timeout),
+                             heartbeat_timeout=float(d.heartbeat_timeout))
 
 
 def setup_distributed(c: mlc.ConfigDict) -> bool:

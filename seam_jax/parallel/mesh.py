@@ -100,6 +100,9 @@ class DistributedConfig:
     process_id: int = -1
     local_device_ids: str = ""  # comma-separated, for one process per GPU on a host
     init_timeout: float = 60.0  # seconds for the coordinator and every process to join
+    # Seconds without a heartbeat after which a process counts as gone and the others stop
+    # (JAX's default is 100).
+    heartbeat_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "on", "off"):
@@ -159,13 +162,58 @@ def initialize_distributed(cfg: DistributedConfig) -> bool:
         return False
     log.info("jax.distributed.initialize(%s) [%s]", kw or "auto-detect",
              multiprocess_environment() or "explicit")
-    _initialize_within(kw, float(cfg.init_timeout))
+    _initialize_within(kw, float(cfg.init_timeout), float(cfg.heartbeat_timeout))
     log.info("process %d of %d; %d local and %d global devices", jax.process_index(),
              jax.process_count(), jax.local_device_count(), jax.device_count())
+    _watch_processes(float(cfg.heartbeat_timeout))
     return True
 
 
-def _initialize_within(kw: dict[str, Any], timeout: float) -> None:
+def lost_processes_line(missing: Sequence[int], count: int, heartbeat: float) -> str:
+    """The one line a process prints when others of its job are gone."""
+    who = ", ".join(str(i) for i in missing)
+    return (f"seam_jax: error: process {who} of {count} stopped (no heartbeat within "
+            f"{heartbeat:g} s, distributed.heartbeat_timeout), so process {jax.process_index()} "
+            f"stops too; the checkpoints written so far are kept: start every process again "
+            f"with the same command to resume")
+
+
+def _watch_processes(heartbeat: float) -> None:
+    """A daemon thread that asks the coordinator which processes are alive, every
+    ``heartbeat / 10`` s (at most 1 s), and exits this process (code 2) with one line when
+    one is gone. Without it a process whose peer was killed either waits in a collective,
+    or is aborted by the distributed client with a C++ stack trace; it also skips the
+    shutdown barrier at exit, which would wait for the lost process."""
+    import sys
+    import threading
+    import time
+
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    count = jax.process_count()
+    if client is None or count < 2 or not hasattr(client, "get_live_nodes"):
+        return
+    ids = list(range(count))
+    period = min(max(heartbeat / 10, 0.2), 1.0)
+
+    def watch() -> None:
+        while True:
+            time.sleep(period)
+            try:
+                live = client.get_live_nodes(ids)
+            except Exception:  # the coordinator itself is gone (process 0 was killed)
+                missing = [0]
+            else:
+                missing = [i for i in ids if i not in live]
+            if missing:
+                print(lost_processes_line(missing, count, heartbeat), file=sys.stderr, flush=True)
+                os._exit(2)
+
+    threading.Thread(target=watch, name="seam_jax-process-watch", daemon=True).start()
+
+
+def _initialize_within(kw: dict[str, Any], timeout: float, heartbeat: float = 100.0) -> None:
     """``jax.distributed.initialize(**kw)``, failing within ``timeout`` seconds with one line.
 
     JAX's own timeout aborts the process (SIGABRT and a C++ stack trace) after 300 s by
@@ -200,7 +248,8 @@ def _initialize_within(kw: dict[str, Any], timeout: float) -> None:
     watchdog.start()
     try:
         # JAX's deadline a little after ours, so that the watchdog speaks first.
-        jax.distributed.initialize(**kw, initialization_timeout=int(remaining) + 10)
+        jax.distributed.initialize(**kw, initialization_timeout=int(remaining) + 10,
+                                   heartbeat_timeout_seconds=max(int(heartbeat), 1))
     except Exception as e:  # a bad address string, a port in use, a second initialize, ...
         raise DistributedError(f"jax.distributed.initialize with {where} failed: "
                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e

@@ -282,7 +282,8 @@ def check_sd_precision(fn: ModelFn, params: Params, batches: dict[str, dict], hp
     fn_sd = sd_model(fn, hp)
     cd = fn_sd.config.dtype
     grad_fn = jax.jit(jax.grad(lambda p, b: masked_ce(fn_sd, p, b)))
-    geo = geometry(grad_fn(params, batches["adv"]), grad_fn(params, batches["bgn"]))
+    # One program (jit), not op by op: eager ops on arrays of several processes hang on CPU.
+    geo = jax.jit(geometry)(grad_fn(params, batches["adv"]), grad_fn(params, batches["bgn"]))
     out: dict[str, Any] = {"sd_precision": hp.sd_precision, "compute_dtype": str(cd), "eps": hp.eps,
                            "threshold": threshold}
     for name, d in (("d_a", geo.d_a), ("d_b", geo.d_b)):

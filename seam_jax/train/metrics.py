@@ -19,6 +19,11 @@ class MetricsWriter:
     def __init__(self, run_dir: str | pathlib.Path, name: str = "metrics", *,
                  keep_until: int | None = None) -> None:
         self.dir = pathlib.Path(run_dir)
+        self._jsonl = self._tb = None
+        import jax
+
+        if jax.process_index() != 0:  # the processes of a job share the run directory
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         if keep_until is not None:
             truncate_metrics(self.dir / f"{name}.jsonl", keep_until)
@@ -32,6 +37,8 @@ class MetricsWriter:
 
     def write(self, step: int, metrics: dict[str, Any]) -> dict[str, float]:
         row = {k: _scalar(v) for k, v in metrics.items()}
+        if self._jsonl is None:  # not process 0
+            return row
         self._jsonl.write(json.dumps({"step": step, **row}) + "\n")
         if self._tb is not None:
             for k, v in row.items():
@@ -40,7 +47,8 @@ class MetricsWriter:
         return row
 
     def close(self) -> None:
-        self._jsonl.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
 

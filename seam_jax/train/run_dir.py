@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seam_jax.errors import SeamError, read_json
+from seam_jax.errors import ConfigError, SeamError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,35 @@ def arithmetic_config(c: Any) -> dict[str, Any]:
 
 def digest_of(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --- where a run directory is ------------------------------------------------------------
+
+def resolve(where: str | os.PathLike, field: str = "run_dir") -> pathlib.Path:
+    """The one way a job turns ``run_dir`` (or another output directory, named by ``field``)
+    into a path: ``~`` expanded, made absolute; a ``file://`` URL is its local path.
+
+    Object storage (``gs://``, ``s3://``, any other ``scheme://``) is refused with one
+    line: the run directory needs local-file semantics (the advisory lock is an ``flock``,
+    metrics are appended, exports and tokenizers are written by libraries that take a
+    local directory), so ``gs://bucket/run`` would otherwise become a local folder named
+    ``gs:``. Mount the bucket (gcsfuse, a Filestore/NFS share) and give its local path.
+    """
+    text = os.fspath(where)
+    if isinstance(text, bytes):
+        text = text.decode()
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme == "file":
+        if rest and not rest.startswith("/"):  # file://host/path: only this host is known
+            raise ConfigError(f"{field}={text!r}: a file:// URL names a local path, "
+                              f"file:///absolute/path")
+        text = rest
+    elif sep and scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
+        raise ConfigError(
+            f"{field}={text!r}: a run directory on object storage ({scheme}://) is not "
+            f"supported; mount it (gcsfuse, Filestore/NFS) and give the mounted local path, "
+            f"e.g. --config.{field}=/mnt/bucket/run")
+    return pathlib.Path(text).expanduser().resolve()
 
 
 # --- identities -------------------------------------------------------------------------
@@ -225,7 +254,10 @@ class Manifest:
 
 
 def _write_json(path: pathlib.Path, value: Any) -> None:
-    """Write ``value`` as JSON through a temporary file and a rename (never half a file)."""
+    """Write ``value`` as JSON through a temporary file and a rename (never half a file).
+    In a multi-process job only process 0 writes (the processes share the run directory)."""
+    if jax.process_index() != 0:
+        return
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(value, indent=1, default=str))
     os.replace(tmp, path)
@@ -271,7 +303,7 @@ def locked(run_dir: str | os.PathLike) -> Iterator[None]:
     if jax.process_index() != 0:
         yield
         return
-    d = pathlib.Path(run_dir).expanduser().resolve()
+    d = resolve(run_dir)
     name = str(d)
     if name in _held:  # this process holds it already (an outer block releases it)
         yield
