@@ -16,6 +16,7 @@ line; a second signal exits at once). A run that trains nothing stops with
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import os
 import pathlib
@@ -68,16 +69,33 @@ class _Signals:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
-            print(f"seam_jax: {signal.Signals(signum).name} again: exiting now, without a "
-                  f"checkpoint at this step", file=sys.stderr, flush=True)
+            _say(f"seam_jax: {signal.Signals(signum).name} again: exiting now, without a "
+                 f"checkpoint at this step")
             os._exit(128 + signum)
         self.signum = signum
-        print(f"seam_jax: {signal.Signals(signum).name}: stopping after this step and saving a "
-              f"checkpoint (send it again to exit at once)", file=sys.stderr, flush=True)
+        _say(f"seam_jax: {signal.Signals(signum).name}: stopping after this step and saving a "
+             f"checkpoint (send it again to exit at once)")
 
     def restore(self) -> None:
         for s, old in self._old.items():
             signal.signal(s, old)
+
+
+def _say(line: str) -> None:
+    """One line on stderr from a signal handler: written to the file descriptor directly.
+    ``print`` there can raise "reentrant call" when the signal interrupted a write to
+    ``sys.stderr`` (a log line) on the main thread."""
+    try:
+        sys.stderr.flush()
+    except (RuntimeError, ValueError, OSError):
+        pass
+    try:
+        os.write(sys.stderr.fileno(), (line + "\n").encode())
+    except (AttributeError, ValueError, OSError, io.UnsupportedOperation):  # no real fd
+        try:
+            print(line, file=sys.stderr, flush=True)
+        except RuntimeError:
+            pass
 
 
 class BatchSource(Protocol):
@@ -188,16 +206,18 @@ def _run(params: Params, step_fn: TrainStep, source: BatchSource, loop: LoopConf
                 bar.update(1)
                 bar.set_postfix({k: f"{row[k]:.4g}" for k in loop.postfix if k in row}, refresh=False)
             run_meta = {**(meta or {}), "step": step + 1, "data_position": step + 1, "seed": loop.seed}
-            if ckpt.save(step + 1, state, run_meta,
-                         force=step + 1 == loop.steps or signals.signum is not None):
+            # Read once: a signal that lands between the save and the check below would
+            # otherwise stop the run at a step it did not save (it stops after the next one).
+            stop = signals.signum
+            if ckpt.save(step + 1, state, run_meta, force=step + 1 == loop.steps or stop is not None):
                 last_good = step + 1
             done_here += 1
-            if signals.signum is not None:
+            if stop is not None:
                 ckpt.wait()
                 raise Interrupted(
-                    f"{signal.Signals(signals.signum).name}: training stopped at step {step + 1} "
+                    f"{signal.Signals(stop).name}: training stopped at step {step + 1} "
                     f"of {loop.steps}; its checkpoint is in {ckpt.directory}: rerun the same "
-                    f"command to resume from it", signals.signum)
+                    f"command to resume from it", stop)
             if loop.stop_after is not None and done_here >= loop.stop_after:
                 break
     finally:

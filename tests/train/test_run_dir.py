@@ -283,8 +283,14 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
 @pytest.mark.e2e  # a SEAM job in a subprocess, stopped by SIGTERM, then its rerun
 def test_sigterm_on_the_debug_job_saves_and_resumes(tmp_path):
     run_dir = tmp_path / "run"
+    # 200 steps: the signal must land while the loop runs, which alone handles it. At 40, the
+    # 38 debug steps left after the second metrics row are short enough that a test process
+    # slowed by a parallel suite on two cores could send SIGTERM during the export, where the
+    # default action kills with -15 (the flaky failure; the assertion below names it). 200
+    # gives it five times the margin, at the cost of the rerun's extra steps.
+    steps = 200
     cmd = [sys.executable, "-m", "seam_jax.main", *DEBUG, f"--config.run_dir={run_dir}",
-           "--config.steps=40", "--config.checkpoint.every=50"]
+           f"--config.steps={steps}", "--config.checkpoint.every=50"]
     env = {**os.environ, "XLA_FLAGS": ""}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -295,8 +301,12 @@ def test_sigterm_on_the_debug_job_saves_and_resumes(tmp_path):
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be stopped"
+    rows_seen = len(metrics.read_text().splitlines())
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
+    assert proc.returncode != -signal.SIGTERM, (
+        f"SIGTERM (sent at {rows_seen} rows) arrived after the training loop, which alone "
+        f"handles it: {err[-1000:]}")
     # Before: SIGTERM killed it outright (SIGINT: a KeyboardInterrupt traceback), no checkpoint.
     assert proc.returncode == 143, err[-2000:]
     last = err.strip().splitlines()[-1]
@@ -309,7 +319,7 @@ def test_sigterm_on_the_debug_job_saves_and_resumes(tmp_path):
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"resuming from the checkpoint at step {at}" in out.stderr
-    assert [r["step"] for r in read_metrics(metrics)] == list(range(1, 41))
+    assert [r["step"] for r in read_metrics(metrics)] == list(range(1, steps + 1))
 
 
 # --- 7. one run per directory; metrics hold each step once -------------------------------
