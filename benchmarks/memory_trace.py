@@ -214,7 +214,7 @@ def plot(samples: list[tuple[float, float, int]], stages: list[dict[str, Any]],
     ax.set_xlabel("time since start (s)")
     ax.set_ylabel("RSS of the process tree (MB)")
     ax.set_title(title, fontsize=9)
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, 1.1 * max((r for _, r, _ in samples), default=1.0))  # room for the label
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
