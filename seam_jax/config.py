@@ -272,18 +272,6 @@ def _validate_export(c: mlc.ConfigDict) -> None:
         check_target(pathlib.Path(e.dir).expanduser().resolve(), bool(e.overwrite))
 
 
-def lens_layers(c: mlc.ConfigDict) -> tuple[int, ...] | None:
-    """``seam.lens_layers``: "" for all, else comma-separated indices into h_0..h_L."""
-    text = str(c.seam.lens_layers).strip()
-    if not text:
-        return None
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise ConfigError(f"seam.lens_layers={text!r}; give comma-separated layer indices, "
-                          f"e.g. '0,10,20,30', or '' for all") from None
-
-
 def digest(c: mlc.ConfigDict) -> str:
     """A short hash of the fields that define a training run (for resume checks)."""
     keep = {k: c.to_dict()[k] for k in ("model", "data", "seam", "steps", "optim", "seed")}

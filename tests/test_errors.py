@@ -40,6 +40,8 @@ def _run(capsys, *args: str) -> tuple[int, str]:
     ("eval.n_prompts=0", "eval.n_prompts=0"),  # reported a rate measured on nothing
     ("export.dtype=float8", "export.dtype='float8'"),  # failed only after training
     ("export.max_shard_size=lots", "export.max_shard_size='lots'"),
+    ("seam.sd_precision=bf16", "seam.sd_precision='bf16'"),  # was refused after run.json was written
+    ("seam.lens_layers=a,b", "seam.lens_layers='a,b'"),
 ])
 def test_bad_config_value_is_one_line_before_the_model_loads(override, needle, tmp_path, capsys):
     run = tmp_path / "run"

@@ -38,7 +38,7 @@ from seam_jax.defense.common import SEED_KEY
 from seam_jax.errors import ConfigError
 from seam_jax.model.api import ModelFn
 from seam_jax.train.step import Objective, seam_objective
-from seam_jax.seam.objective import sft_gradient
+from seam_jax.seam.objective import SeamHyper, sft_gradient
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +51,33 @@ class Defense:
     doc: str
 
 
-def _seam(fn: ModelFn, c: mlc.ConfigDict) -> Objective:
-    from seam_jax.jobs.seam import seam_hyper
+def seam_hyper(c: mlc.ConfigDict) -> SeamHyper:
+    """``c.seam`` as the SEAM objective's ``SeamHyper`` (a bad value: one ConfigError line)."""
+    s = c.seam
+    try:
+        return SeamHyper(alpha=s.alpha, beta=s.beta, eps=s.eps, estimator=s.estimator, vmap=s.vmap,
+                         ul_variant=s.ul_variant, lens_layers=lens_layers(str(s.lens_layers)),
+                         gamma_benign=s.gamma_benign, sd_remat=s.sd_remat,
+                         sd_precision=s.sd_precision)
+    except ConfigError:
+        raise
+    except ValueError as e:  # SeamHyper's own checks name the field and the choices
+        raise ConfigError(str(e)) from None
 
+
+def lens_layers(text: str) -> tuple[int, ...] | None:
+    """``seam.lens_layers``: "" for all, else comma-separated indices into h_0..h_L."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"seam.lens_layers={text!r}; give comma-separated layer indices, "
+                          f"e.g. '0,10,20,30', or '' for all") from None
+
+
+def _seam(fn: ModelFn, c: mlc.ConfigDict) -> Objective:
     return seam_objective(fn, seam_hyper(c))
 
 
@@ -132,8 +156,8 @@ def check(c: mlc.ConfigDict) -> None:
     """The defense's name and hyperparameters, checked before anything heavy (one line)."""
     name = str(c.defense.name)
     get(name)
-    hyper = {"booster": booster_hyper, "vaccine": vaccine_hyper, "repnoise": repnoise_hyper,
-             "tar": tar_hyper}.get(name)
+    hyper = {"seam": seam_hyper, "booster": booster_hyper, "vaccine": vaccine_hyper,
+             "repnoise": repnoise_hyper, "tar": tar_hyper}.get(name)
     if hyper is not None:
         hyper(c)
 

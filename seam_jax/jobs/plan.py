@@ -68,7 +68,7 @@ def plan_config(c: mlc.ConfigDict) -> Any:
 
 def step_spec(c: mlc.ConfigDict) -> Any:
     """The step the SEAM job (``jobs.seam.train_step``) would compile for ``c``."""
-    from seam_jax.jobs.seam import seam_hyper
+    from seam_jax.defense import seam_hyper
     from seam_jax.parallel.plan import StepSpec
     from seam_jax.train.optim import OptimConfig
 
