@@ -14,7 +14,8 @@
 # every worker, e.g. cloned by a startup script) with JAX for TPU. distributed.mode=on makes
 # every worker call jax.distributed.initialize(), which finds the pod's workers from the TPU
 # metadata. Every worker writes its shards of each checkpoint, so run_dir must be a
-# directory all workers share (a Filestore/NFS mount or a gcsfuse bucket). PROJECT sets
+# directory all workers share (a Filestore/NFS mount or a gcsfuse bucket; a gs:// URL is
+# refused with one line, train/run_dir.py resolve). PROJECT sets
 # --project. CONFIG defaults to configs/llama2_7b_chat.py.
 set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME to the TPU VM name}"

@@ -54,7 +54,9 @@ def export_hf(
     every process calls it: parameters sharded across processes are gathered one at a
     time, and process 0 alone writes the files.
     """
-    out = pathlib.Path(out_dir).expanduser().resolve()
+    from seam_jax.train.run_dir import resolve
+
+    out = resolve(out_dir, "export.dir")
     fn = ModelFn(cfg)
     if jax.process_index() != 0:
         seen: set[tuple[str, ...]] = set()

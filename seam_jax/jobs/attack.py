@@ -21,6 +21,7 @@ from seam_jax.attack.runner import AttackData, load_checkpoint, sweep
 from seam_jax.data import benign_mc_items, harmful_pair
 from seam_jax.data.proxy import DEFAULT_N_BENIGN
 from seam_jax.errors import ConfigError
+from seam_jax.train import run_dir as run_dir_lib
 from seam_jax.eval.behaviour import benign_exact_match
 from seam_jax.eval.harm import CoherenceReference, coherence_reference, harmfulness, make_scorers
 from seam_jax.eval.report import write_report
@@ -133,7 +134,7 @@ def targets(c: mlc.ConfigDict) -> dict[str, Callable[[], LoadedModel]]:
 
 
 def run(c: mlc.ConfigDict) -> list[dict[str, Any]]:
-    run_dir = pathlib.Path(c.run_dir).expanduser().resolve()
+    run_dir = run_dir_lib.resolve(c.run_dir)  # the one conversion (file:// URLs too)
     run_dir.mkdir(parents=True, exist_ok=True)
     cells = grid_lib.from_config(c.attack)
     models = targets(c)  # checks paths before any heavy work

@@ -17,6 +17,7 @@ import ml_collections as mlc
 from seam_jax.errors import ConfigError
 from seam_jax.hf.export import check_target, export_hf
 from seam_jax.hf.source import load_model
+from seam_jax.train import run_dir as run_dir_lib
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,8 @@ log = logging.getLogger(__name__)
 def run(c: mlc.ConfigDict) -> pathlib.Path:
     if not c.export.dir:
         raise ConfigError("set --config.export.dir=PATH, the directory to write the HF checkpoint to")
-    target = pathlib.Path(c.export.dir).expanduser()
-    check_target(target.resolve(), c.export.overwrite)  # fail before any heavy work
+    target = run_dir_lib.resolve(c.export.dir, "export.dir")
+    check_target(target, c.export.overwrite)  # fail before any heavy work
     m = load_model(c)
     params = m.params
     if c.job == "export":
@@ -43,7 +44,7 @@ def restore_params(c: mlc.ConfigDict, like: dict) -> dict:
 
     if not c.export.source:
         raise ConfigError("job=export needs --config.export.source=RUN_DIR (a seam_jax run directory)")
-    ckpt_dir = pathlib.Path(c.export.source).expanduser().resolve() / "checkpoints"
+    ckpt_dir = run_dir_lib.resolve(c.export.source, "export.source") / "checkpoints"
     if not ckpt_dir.is_dir():
         raise ConfigError(f"{ckpt_dir} does not exist: is export.source a seam_jax run directory?")
     step, params = restore(ckpt_dir, like, hint=(

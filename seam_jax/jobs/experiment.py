@@ -203,7 +203,7 @@ def fine_tuning_scores(c: mlc.ConfigDict, run_dir: pathlib.Path, m: LoadedModel,
 
 
 def run(c: mlc.ConfigDict) -> dict[str, Any]:
-    run_dir = pathlib.Path(c.run_dir).expanduser().resolve()
+    run_dir = run_dir_lib.resolve(c.run_dir)  # the one conversion (file:// URLs too)
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_dir_lib.locked(run_dir):  # a second experiment on this directory refuses
         return _run(c, run_dir)

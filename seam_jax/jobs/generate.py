@@ -10,6 +10,7 @@ import ml_collections as mlc
 
 from seam_jax.hf.source import load_model
 from seam_jax.model.generate import generate_text
+from seam_jax.train import run_dir as run_dir_lib
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ def run(c: mlc.ConfigDict) -> list[str]:
     texts = generate_text(m.fn, m.params, m.tokenizer, prompts, fmt=c.data.format,
                           max_new_tokens=g.max_new_tokens, temperature=g.temperature,
                           top_p=g.top_p, batch_size=g.batch_size, seed=c.seed)
-    run_dir = pathlib.Path(c.run_dir).expanduser()
+    run_dir = run_dir_lib.resolve(c.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"prompt": p, "response": t} for p, t in zip(prompts, texts)]
     (run_dir / "generations.json").write_text(json.dumps(rows, indent=1))

@@ -32,7 +32,8 @@ from typing import Any
 
 import ml_collections as mlc
 
-from seam_jax.errors import ConfigError
+from seam_jax.errors import ConfigError, read_json
+from seam_jax.train import run_dir as run_dir_lib
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def model_config(c: mlc.ConfigDict) -> Any:
         return preset(source.split(":", 1)[1], **runtime)
     path = pathlib.Path(source).expanduser()
     if (path / "config.json").is_file():
-        return ModelConfig.from_hf(json.loads((path / "config.json").read_text()), **runtime)
+        return ModelConfig.from_hf(read_json(path / "config.json"), **runtime)
     raise ConfigError(f"the plan reads model.source={source!r} as preset:NAME or a local HF "
                       f"directory with config.json; neither was found")
 
@@ -120,7 +121,7 @@ def plan_here(c: mlc.ConfigDict) -> dict[str, Any]:
                      format_bytes(best.peak_bytes))
         else:
             log.info("no fsdp mesh of up to %d devices fits", plan.search_max_devices)
-    run_dir = pathlib.Path(c.run_dir).expanduser()
+    run_dir = run_dir_lib.resolve(c.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "plan.json").write_text(json.dumps(result, indent=1))
     log.info("plan written to %s", run_dir / "plan.json")
@@ -156,13 +157,13 @@ def _run_in_subprocess(c: mlc.ConfigDict, count: int) -> dict[str, Any]:
         if proc.returncode or not out_file.is_file():
             raise ConfigError(f"the plan subprocess failed (exit code {proc.returncode}); its log "
                               f"is above")
-        return json.loads(out_file.read_text())
+        return read_json(out_file)
 
 
 def _child_main(cfg_file: str, out_file: str) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("seam_jax").setLevel(logging.INFO)
-    c = mlc.ConfigDict(json.loads(pathlib.Path(cfg_file).read_text()))
+    c = mlc.ConfigDict(read_json(cfg_file))
     result = run(c)
     pathlib.Path(out_file).write_text(json.dumps(result))
     return 0

@@ -20,6 +20,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections as mlc
 
+from seam_jax.errors import CorruptFileError, read_json
+
 HEADER = "seam_jax: job {job} done in {seconds:.0f} s"
 
 
@@ -29,7 +31,9 @@ def summary_text(c: mlc.ConfigDict, result: Any, seconds: float) -> str:
 
 
 def _run_dir(c: mlc.ConfigDict) -> pathlib.Path:
-    return pathlib.Path(c.run_dir).expanduser().resolve()
+    from seam_jax.train.run_dir import resolve
+
+    return resolve(c.run_dir)
 
 
 def _outputs(where: Any, names: Sequence[str]) -> str:
@@ -45,7 +49,11 @@ def _seam(c: mlc.ConfigDict, s: Mapping[str, Any]) -> list[str]:
     metrics = run_dir / "metrics.jsonl"
     last = metrics.read_text().splitlines()[-1:] if metrics.is_file() else []
     if last:
-        m = json.loads(last[0])
+        try:
+            m = json.loads(last[0])
+        except json.JSONDecodeError as e:  # the same one-line form as errors.read_json
+            raise CorruptFileError(f"{metrics}: its last line is not valid JSON ({e}); "
+                                   f"rerun the job to rewrite it") from None
         figures = [f"{k} {m[k]:.3g}" for k in ("loss", "L_ul", "L_up", "cos") if k in m]
         lines.append(f"last step ({m.get('step')}): " + ", ".join(figures))
     before, after = s.get("before") or {}, s.get("after") or {}
@@ -118,7 +126,7 @@ def _experiment(c: mlc.ConfigDict, s: Mapping[str, Any]) -> list[str]:
     for name in ("base", "seam"):
         f = run_dir / f"eval_{name}.json"
         if f.is_file():
-            e = json.loads(f.read_text())
+            e = read_json(f)
             figures = [f"{k} {e[k]:.2f}" for k in sorted(e) if k.startswith(("hs_", "mc_acc"))
                        and not k.endswith("_frac") and isinstance(e[k], (int, float))]
             lines.append(f"{name} before attacks: " + ", ".join(figures))

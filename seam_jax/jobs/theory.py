@@ -32,6 +32,7 @@ from seam_jax.errors import ConfigError
 from seam_jax.hf.source import load_model
 from seam_jax.jobs.data import load_experiment_data, seam_batches
 from seam_jax.theory import bound, report
+from seam_jax.train import run_dir as run_dir_lib
 from seam_jax.theory.precision import (
     PRECISIONS, Precision, cast_params, get_precision, model_for, parse_precisions, precision_scope,
     realised_perturbation, warn_if_vanishing,
@@ -69,7 +70,7 @@ def run(c: mlc.ConfigDict) -> dict[str, Any]:
         with precision_scope(p):  # raises now if float64 is unavailable
             pass
 
-    run_dir = pathlib.Path(c.run_dir).expanduser().resolve()
+    run_dir = run_dir_lib.resolve(c.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     m = load_model(c)
     data = load_experiment_data(c, run_dir)

@@ -187,7 +187,9 @@ def check_sums(step_dir: str | pathlib.Path) -> bool:
 
 class Checkpointer:
     def __init__(self, directory: str | pathlib.Path, cfg: CheckpointConfig) -> None:
-        self.directory = pathlib.Path(directory).expanduser().resolve()
+        from seam_jax.train.run_dir import resolve
+
+        self.directory = resolve(directory, "checkpoint directory")
         self.cfg = cfg
         self.manager = ocp.CheckpointManager(
             self.directory,
