@@ -18,6 +18,7 @@ import ml_collections as mlc
 
 from seam_jax import config as config_lib
 from seam_jax import defense as defense_lib
+from seam_jax.defense import seam_hyper
 from seam_jax.eval import geometry as geometry_lib
 from seam_jax.eval.behaviour import behaviour
 from seam_jax.eval.report import behaviour_table
@@ -26,7 +27,6 @@ from seam_jax.hf.source import load_model
 from seam_jax.jobs.data import load_experiment_data, seam_batches
 from seam_jax.jobs.sharding import training_setup
 from seam_jax.model.api import ModelFn
-from seam_jax.seam.objective import SeamHyper
 from seam_jax.train.checkpoint import CheckpointConfig
 from seam_jax.train import run_dir as run_dir_lib
 from seam_jax.train.loop import LoopConfig, NothingTrained, run as run_loop
@@ -34,14 +34,6 @@ from seam_jax.train.optim import OptimConfig
 from seam_jax.train.step import TrainStep, build_step, optimizer_for
 
 log = logging.getLogger(__name__)
-
-
-def seam_hyper(c: mlc.ConfigDict) -> SeamHyper:
-    s = c.seam
-    return SeamHyper(alpha=s.alpha, beta=s.beta, eps=s.eps, estimator=s.estimator, vmap=s.vmap,
-                     ul_variant=s.ul_variant, lens_layers=config_lib.lens_layers(c),
-                     gamma_benign=s.gamma_benign, sd_remat=s.sd_remat,
-                     sd_precision=s.sd_precision)
 
 
 def train_step(c: mlc.ConfigDict, fn: ModelFn, setup: Any = None) -> TrainStep:
