@@ -54,9 +54,7 @@ def export_hf(
     every process calls it: parameters sharded across processes are gathered one at a
     time, and process 0 alone writes the files.
     """
-    from seam_jax.train.run_dir import resolve
-
-    out = resolve(out_dir, "export.dir")
+    out = pathlib.Path(out_dir)  # the jobs resolve export.dir (train.run_dir.resolve)
     fn = ModelFn(cfg)
     if jax.process_index() != 0:
         seen: set[tuple[str, ...]] = set()

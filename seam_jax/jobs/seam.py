@@ -170,7 +170,8 @@ def _run(c: mlc.ConfigDict, run_dir: pathlib.Path) -> dict[str, Any]:
                  row["norm_g_a"], row["norm_g_b"])
         geometry_lib.plot(geometry_lib.read_records(geo_path), run_dir / "heldout_geometry.png")
         summary["heldout_geometry"] = {k: row[k] for k in ("cos", "norm_g_a", "norm_g_b")}
-    export_dir = pathlib.Path(c.export.dir or run_dir / "defended-hf")
+    export_dir = (run_dir_lib.resolve(c.export.dir, "export.dir") if c.export.dir
+                  else run_dir / "defended-hf")
     # The run's own export is replaced on a rerun; a user-chosen directory is protected.
     overwrite = c.export.overwrite or not c.export.dir
     export_hf(params, m.cfg, export_dir, tokenizer=m.tokenizer, dtype=c.export.dtype or None,

@@ -75,6 +75,10 @@ def arithmetic_config(c: Any) -> dict[str, Any]:
     """The fields of config ``c`` that change the arithmetic (``ARITHMETIC``), flattened."""
     full = c.to_dict() if hasattr(c, "to_dict") else dict(c)
     fields = flat({k: full[k] for k in ARITHMETIC if k in full})
+    defense = full.get("defense") or {}
+    if defense.get("name", "seam") != "seam":  # another defense: its name and its section
+        name = defense["name"]
+        fields.update(flat({"name": name, name: defense.get(name, {})}, "defense."))
     return {k: v for k, v in fields.items() if k not in NOT_ARITHMETIC}
 
 

@@ -38,8 +38,11 @@ import debug as debug_config  # noqa: E402
 def _cfg(**fields):
     c = debug_config.get_config()
     for name, value in fields.items():
-        section, _, key = name.rpartition(".")
-        (c[section] if section else c)[key] = value
+        *sections, key = name.split(".")
+        node = c
+        for part in sections:
+            node = node[part]
+        node[key] = value
     return c
 
 
@@ -366,3 +369,23 @@ def test_resume_drops_the_metrics_rows_past_the_checkpoint(tmp_path):
     _sft_run(tmp_path, _Source())
     # Before: rows 1-5, the cut-off line, then 5 and 6 again.
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_manifest_refuses_another_defense(tmp_path):
+    """A run directory trained with one defense is refused for another (its name and its own
+    hyperparameters are arithmetic); SEAM runs record no defense field, as before."""
+    ident = {"model": {"weights": "a"}, "data": {"rows.defense": "d"}}
+    rd.Manifest.open(tmp_path, _cfg(), "seam").settle(**ident)
+    assert not any(k.startswith("defense.") for k in json.loads((tmp_path / "run.json").read_text())["config"])
+    with pytest.raises(rd.RunDirError) as e:
+        rd.Manifest.open(tmp_path, _cfg(**{"defense.name": "booster"}), "seam")
+    assert "defense.name" in str(e.value), e.value
+    other = tmp_path / "booster"
+    other.mkdir()
+    rd.Manifest.open(other, _cfg(**{"defense.name": "booster"}), "seam").settle(**ident)
+    with pytest.raises(rd.RunDirError) as e:
+        rd.Manifest.open(other, _cfg(**{"defense.name": "booster", "defense.booster.lam": 1.0}), "seam")
+    assert "defense.booster.lam" in str(e.value), e.value
+    # Another defense's section does not change this run's arithmetic.
+    rd.Manifest.open(other, _cfg(**{"defense.name": "booster", "defense.tar.inner_steps": 9}),
+                     "seam").settle(**ident)
