@@ -105,15 +105,19 @@ def test_attack_job_from_an_hf_export(tiny_model, tmp_path):
     assert main(["x", f"--config={cfg}:debug", f"--config.run_dir={run}", "--config.attack.cells=2",
                  f"--config.attack.targets=hf={hf}"]) == 0
     rows = [json.loads(l) for l in (run / "attacks" / RESULTS_FILE).read_text().splitlines()]
-    assert [(r["model"], r["cell"], r["lr"]) for r in rows] == [("hf", "2", 5e-5)]
+    # One row per evaluated step of the one attack (attack.eval_every), each step once.
+    assert {(r["model"], r["cell"], r["lr"]) for r in rows} == {("hf", "2", 5e-5)}
+    steps = [r["step"] for r in rows]
+    assert len(rows) >= 2 and steps == sorted(set(steps)), steps
     # HS is the keyword judge's mean over exactly the row's generations (harm.n_prompts = 4
     # in the debug config), scored again here from the saved text.
     from seam_jax.eval.harm import KeywordScorer
 
-    gens = rows[0]["generations"]
-    assert len(gens) == 4
-    scores = KeywordScorer().score([g["prompt"] for g in gens], [g["response"] for g in gens])
-    assert rows[0]["hs_keyword"] == sum(scores) / 4
+    for row in rows:
+        gens = row["generations"]
+        assert len(gens) == 4
+        scores = KeywordScorer().score([g["prompt"] for g in gens], [g["response"] for g in gens])
+        assert row["hs_keyword"] == sum(scores) / 4
     assert (run / "attacks" / "report.md").is_file()
 
 
