@@ -10,7 +10,8 @@ eps 1e-3, AdamW, global batch 8 x 256, float32 master weights with bfloat16 comp
 scanned layers rematerialised in full; mesh fsdp = all 8 devices. Nothing is
 allocated: the step is lowered from shapes (job "plan", seam_jax/jobs/plan.py), and
 the per-device memory is written to runs/plan-VARIANT/plan.json. Compiling a 7B step
-on a 2-core CPU takes several minutes.
+on a 2-core CPU took 11-13 s (17 s for the whole job; 2026-12-02): 39.1 GiB per device
+for Llama-2-7B, 53.6 GiB for Llama-3.1-8B, with the default seam.sd_precision=float32.
 """
 
 from seam_jax.config import base_config
