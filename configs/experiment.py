@@ -6,7 +6,7 @@
     python -m seam_jax.main --config=configs/experiment.py --config.experiment.seeds=0,1
     python -m seam_jax.main --config=configs/experiment.py --config.experiment.arms=base,control,seam,repnoise
 
-Arms (jobs.experiment.ARMS): ``base`` (the untrained model), ``control`` (SEAM with
+Arms (seam_jax.defense.arms.ARMS): ``base`` (the untrained model), ``control`` (SEAM with
 seam.beta=0: L_ul + alpha L_up, the same data and steps; without it no effect can be
 assigned to L_sd) and ``seam``. Seeds: one (0) by default, as a 2-core CPU affords; a seed
 is a replicate (its own proxy data draw, defense batch order and attack batch order,

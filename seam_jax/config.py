@@ -107,7 +107,7 @@ def base_config() -> mlc.ConfigDict:
         lora_rank=8, lora_alpha=16.0, lora_dropout=0.05, lora_targets="q,k,v,o,gate,up,down",
         targets="", out_dir="", keep_checkpoints=False, checkpoint_every=50, eval_every=8,
     ))
-    # Job "experiment" (jobs/experiment.py): arms (comma-separated; jobs.experiment.ARMS:
+    # Job "experiment" (jobs/experiment.py): arms (comma-separated; defense.arms.ARMS:
     # base = untrained, control = SEAM with seam.beta=0, seam; any other name is
     # defense.name=<name>), each trained and attacked once per seed in seeds
     # (comma-separated; a seed sets seed and data.seed: that replicate's data, batch order
@@ -211,7 +211,7 @@ def validate(c: mlc.ConfigDict) -> None:
         _at_least(c, "attack.eval_every", 0, "evaluate every N >= 1 attack steps, or 0 for the "
                   "last step only")
     if c.job == "experiment":
-        from seam_jax.jobs.experiment import arms_and_seeds
+        from seam_jax.defense.arms import arms_and_seeds
 
         arms_and_seeds(c)  # one line naming a bad arm or seed
         guard = c.experiment.utility_guard

@@ -6,7 +6,7 @@ order; every arm of a seed sees the same):
 
 1. evaluate the base model (HS and utility), whatever the arms: its utility sets the
    capability guard's floor;
-2. train each defense arm of ``experiment.arms`` (``ARMS``: ``base`` is the untrained
+2. train each defense arm of ``experiment.arms`` (``defense.arms.ARMS``: ``base`` is the untrained
    model; ``control`` is SEAM with ``seam.beta=0``, i.e. L_ul + alpha L_up; ``seam``;
    any other name is ``defense.name=<name>``, where the config has a ``defense``
    section) by ``jobs.seam.run`` in ``<run_dir>/<arm>-s<seed>``;
@@ -37,9 +37,10 @@ from typing import Any
 import ml_collections as mlc
 
 from seam_jax import config as config_lib
-from seam_jax.errors import ConfigError, read_json
+from seam_jax.errors import read_json
 from seam_jax.attack import grid as grid_lib
 from seam_jax.attack.runner import load_checkpoint, sweep
+from seam_jax.defense.arms import arm_overrides, arms_and_seeds
 from seam_jax.data import PairBatches, benign_pair, harmful_pair
 from seam_jax.eval.finetune import finetune_score, get_task, load_task_rows
 from seam_jax.eval.pca import gradient_pca
@@ -63,73 +64,6 @@ def _sections(c: mlc.ConfigDict, *names: str) -> dict[str, Any]:
     """``{"harm.n_prompts": ..., ...}``: the config fields (or whole sections) a stage reads."""
     full = run_dir_lib.flat(c.to_dict())
     return {k: v for k, v in full.items() if any(k == n or k.startswith(n + ".") for n in names)}
-
-
-# The arms: name -> the config overrides of its defense run (None: no defense run, the
-# model as loaded). Every arm of a seed shares that seed's data, batch order and attacks.
-ARMS: dict[str, dict[str, Any] | None] = {
-    "base": None,                      # the untrained model
-    "control": {"seam.beta": 0.0},     # L_ul + alpha L_up: SEAM without its L_sd term
-    "seam": {},                        # the config's SEAM
-}
-
-
-def _names(text: Any, what: str) -> list[str]:
-    if isinstance(text, (list, tuple)):
-        items = [str(x).strip() for x in text]
-    else:
-        items = [x.strip() for x in str(text).split(",")]
-    items = [x for x in items if x]
-    if not items:
-        raise ConfigError(f"{what} is empty; give a comma-separated list, e.g. "
-                          f"{'base,control,seam' if what == 'experiment.arms' else '0,1'}")
-    dup = sorted({x for x in items if items.count(x) > 1})
-    if dup:
-        raise ConfigError(f"{what} lists {dup} twice; give each once")
-    return items
-
-
-def arm_overrides(c: mlc.ConfigDict, arm: str) -> dict[str, Any] | None:
-    """The config overrides of ``arm``'s defense run (``ARMS``), None for ``base``.
-
-    Where the config has a ``defense`` section, ``control`` and ``seam`` also set
-    ``defense.name=seam`` and any other name is ``defense.name=<arm>``; without one, any
-    other name is a one-line ConfigError.
-    """
-    has_defense = "defense" in c and "name" in c.defense
-    if arm in ARMS:
-        over = ARMS[arm]
-        if over is None:
-            return None
-        return {**over, "defense.name": "seam"} if has_defense else dict(over)
-    if not has_defense:
-        raise ConfigError(f"experiment.arms: unknown arm {arm!r}; choose from {list(ARMS)} "
-                          f"(other defenses need the config's defense section: defense.name)")
-    try:
-        from seam_jax.defense import NAMES as known
-    except ImportError:  # a defense section without the package: jobs.seam judges the name
-        known = None
-    if known is not None and arm not in known:
-        raise ConfigError(f"experiment.arms: unknown arm {arm!r}; choose from {list(ARMS)} or a "
-                          f"defense.name of {list(known)}")
-    return {"defense.name": arm}
-
-
-def arms_and_seeds(c: mlc.ConfigDict) -> tuple[list[str], list[int]]:
-    """``experiment.arms`` (each checked by ``arm_overrides``) and ``experiment.seeds``."""
-    arms = _names(c.experiment.arms, "experiment.arms")
-    for arm in arms:
-        arm_overrides(c, arm)
-    seeds = []
-    for x in _names(c.experiment.seeds, "experiment.seeds"):
-        try:
-            seeds.append(int(x))
-        except ValueError:
-            raise ConfigError(f"experiment.seeds has {x!r}; give comma-separated integers, "
-                              f"e.g. 0,1") from None
-    if len(set(seeds)) < len(seeds):
-        raise ConfigError(f"experiment.seeds={c.experiment.seeds!r} repeats a seed")
-    return arms, seeds
 
 
 def model_name(arm: str, seed: int) -> str:

@@ -5,14 +5,13 @@ import importlib.util
 import json
 import pathlib
 
-import ml_collections as mlc
 import pytest
 
 from seam_jax import config as config_lib
 from seam_jax.errors import ConfigError
 from seam_jax.train import run_dir as run_dir_lib
-from seam_jax.jobs.experiment import (ARMS, arm_config, arm_overrides, arms_and_seeds,
-                                      seed_config)
+from seam_jax.defense.arms import ARMS, arm_overrides, arms_and_seeds
+from seam_jax.jobs.experiment import arm_config, seed_config
 
 CFG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "experiment.py"
 
@@ -49,11 +48,8 @@ def test_another_arm_name_is_a_defense_name():
     assert arm_overrides(c, "control") == {"seam.beta": 0.0, "defense.name": "seam"}
     with pytest.raises(ConfigError, match="unknown arm 'boostr'"):
         arms_and_seeds(debug_config(arms="base,boostr"))
-    # A config without a defense section: only the built-in arms exist.
-    bare = mlc.ConfigDict({k: v for k, v in c.to_dict().items() if k != "defense"})
-    assert arm_overrides(bare, "control") == {"seam.beta": 0.0}
-    with pytest.raises(ConfigError, match="need the config's defense section") as e:
-        arm_overrides(bare, "booster")
+    with pytest.raises(ConfigError, match="unknown arm 'boostr'") as e:
+        arm_overrides(c, "boostr")
     assert "\n" not in str(e.value)
 
 
