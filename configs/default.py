@@ -13,7 +13,7 @@ this demo uses beta = 1 and lr 5e-5; the paper's settings are in
 configs/llama2_7b_chat.py and its siblings.
 """
 
-from seam_jax.config import base_config
+from seam_jax.config import base_config, cpu_size
 
 
 def get_config(arg: str | None = None):
@@ -22,16 +22,9 @@ def get_config(arg: str | None = None):
     c.model.source = "default"
     c.data.source = "proxy"
     c.data.format = "chat"
-    c.data.context_length = 96
-    c.data.batch_size = 2
+    cpu_size(c)  # batch 2 x 96, 20 steps at lr 5e-5, checkpoints every 10, 32 eval prompts
     c.data.n_defense = 2000
-    c.data.n_attack = 400
     c.data.n_test = 100
     c.seam.beta = 1.0
     c.seam.eps = 1e-3
-    c.steps = 20
-    c.optim.lr = 5e-5
-    c.checkpoint.every = 10
-    c.eval.n_prompts = 32
-    c.eval.max_new_tokens = 32
     return c

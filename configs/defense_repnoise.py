@@ -16,32 +16,8 @@ Loss: seam_jax/defense/repnoise.py. Sources of the values:
   cosine, 500 steps).
 """
 
-from seam_jax.config import base_config
-
-
-def _cpu(c):
-    """configs/default.py's CPU size: SmolLM2-135M, proxy data, batch 2 x 96, 20 steps."""
-    c.data.context_length = 96
-    c.data.batch_size = 2
-    c.data.n_attack = 400
-    c.steps = 20
-    c.optim.lr = 5e-5
-    c.checkpoint.every = 10
-    c.eval.n_prompts = 32
-    c.eval.max_new_tokens = 32
+from seam_jax.config import defense_config
 
 
 def get_config(arg: str | None = None):
-    c = base_config()
-    c.run_dir = "runs/defense_repnoise"
-    c.model.source = "default"
-    c.data.source = "proxy"
-    c.data.format = "chat"
-    c.defense.name = "repnoise"
-    c.defense.repnoise.alpha = 1.0
-    c.defense.repnoise.beta = 0.001
-    if arg == "cpu":
-        _cpu(c)
-    elif arg:
-        raise ValueError(f"configs/defense_repnoise.py takes '' or 'cpu', not {arg!r}")
-    return c
+    return defense_config("repnoise", arg, dict(alpha=1.0, beta=0.001))

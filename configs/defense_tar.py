@@ -24,44 +24,14 @@ harmful-request setting) unless said otherwise:
 The CPU variant: K = 2 inner steps and one adversary, the rest as above.
 """
 
-from seam_jax.config import base_config
+from seam_jax.config import defense_config
 
-
-def _cpu(c):
-    """configs/default.py's CPU size: SmolLM2-135M, proxy data, batch 2 x 96, 20 steps."""
-    c.data.context_length = 96
-    c.data.batch_size = 2
-    c.data.n_attack = 400
-    c.steps = 20
-    c.optim.lr = 5e-5
-    c.checkpoint.every = 10
-    c.eval.n_prompts = 32
-    c.eval.max_new_tokens = 32
+HYPER = dict(inner_steps=8, num_tasks=2, adversary_lrs="2e-6,2e-5,4e-5", tr_loss="dpo",
+             tr_grad_scale=0.1, retain_scale=1.0, use_weighting_schedule=True,
+             schedule_lambda=0.0625, unbounded=True)
 
 
 def get_config(arg: str | None = None):
-    c = base_config()
-    c.run_dir = "runs/defense_tar"
-    c.model.source = "default"
-    c.data.source = "proxy"
-    c.data.format = "chat"
-    c.defense.name = "tar"
-    c.defense.tar.inner_steps = 8
-    c.defense.tar.num_tasks = 2
-    c.defense.tar.adversary_lrs = "2e-6,2e-5,4e-5"
-    c.defense.tar.tr_loss = "dpo"
-    c.defense.tar.tr_grad_scale = 0.1
-    c.defense.tar.retain_scale = 1.0
-    c.defense.tar.use_weighting_schedule = True
-    c.defense.tar.schedule_lambda = 0.0625
-    c.defense.tar.unbounded = True
-    c.steps = 100
-    c.optim.lr = 6e-5
-    c.optim.warmup_ratio = 0.32
-    if arg == "cpu":
-        _cpu(c)
-        c.defense.tar.inner_steps = 2
-        c.defense.tar.num_tasks = 1
-    elif arg:
-        raise ValueError(f"configs/defense_tar.py takes '' or 'cpu', not {arg!r}")
-    return c
+    return defense_config("tar", arg, HYPER,
+                          run={"steps": 100, "optim.lr": 6e-5, "optim.warmup_ratio": 0.32},
+                          cpu_hyper=dict(inner_steps=2, num_tasks=1))

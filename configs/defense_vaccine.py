@@ -18,32 +18,8 @@ Objective and update: seam_jax/defense/vaccine.py. Sources of the values:
   the comparison here uses, with SEAM's optimizer (base_config: AdamW lr 2e-5, cosine).
 """
 
-from seam_jax.config import base_config
-
-
-def _cpu(c):
-    """configs/default.py's CPU size: SmolLM2-135M, proxy data, batch 2 x 96, 20 steps."""
-    c.data.context_length = 96
-    c.data.batch_size = 2
-    c.data.n_attack = 400
-    c.steps = 20
-    c.optim.lr = 5e-5
-    c.checkpoint.every = 10
-    c.eval.n_prompts = 32
-    c.eval.max_new_tokens = 32
+from seam_jax.config import defense_config
 
 
 def get_config(arg: str | None = None):
-    c = base_config()
-    c.run_dir = "runs/defense_vaccine"
-    c.model.source = "default"
-    c.data.source = "proxy"
-    c.data.format = "chat"
-    c.defense.name = "vaccine"
-    c.defense.vaccine.rho = 5.0
-    c.defense.vaccine.norm = "global"
-    if arg == "cpu":
-        _cpu(c)
-    elif arg:
-        raise ValueError(f"configs/defense_vaccine.py takes '' or 'cpu', not {arg!r}")
-    return c
+    return defense_config("vaccine", arg, dict(rho=5.0, norm='global'))

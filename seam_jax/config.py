@@ -163,6 +163,52 @@ def base_config() -> mlc.ConfigDict:
     return c
 
 
+def cpu_size(c: mlc.ConfigDict) -> mlc.ConfigDict:
+    """configs/default.py's size for a 2-core CPU: batch 2 x 96, 20 steps at lr 5e-5, a
+    checkpoint every 10, 400 attack rows, 32 held-out prompts of 32 new tokens."""
+    c.data.context_length = 96
+    c.data.batch_size = 2
+    c.data.n_attack = 400
+    c.steps = 20
+    c.optim.lr = 5e-5
+    c.checkpoint.every = 10
+    c.eval.n_prompts = 32
+    c.eval.max_new_tokens = 32
+    return c
+
+
+def defense_config(name: str, arg: str | None, hyper: dict[str, Any],
+                   run: dict[str, Any] | None = None, cpu_hyper: dict[str, Any] | None = None
+                   ) -> mlc.ConfigDict:
+    """The config of configs/defense_<name>.py: the default model on the proxy data (chat
+    format), trained by defense ``name`` with ``hyper`` (its section's values) and ``run``
+    (dotted top-level fields such as ``optim.lr``); variant ``cpu`` is ``cpu_size`` with
+    ``cpu_hyper`` on top."""
+    c = base_config()
+    c.run_dir = f"runs/defense_{name}"
+    c.model.source = "default"
+    c.data.source = "proxy"
+    c.data.format = "chat"
+    c.defense.name = name
+    if arg not in (None, "", "cpu"):
+        raise ConfigError(f"configs/defense_{name}.py:{arg}: unknown variant; the variants "
+                          f"are cpu (or none)")
+    _set(c, {**{f"defense.{name}.{k}": v for k, v in hyper.items()}, **(run or {})})
+    if arg == "cpu":
+        cpu_size(c)
+        _set(c, {f"defense.{name}.{k}": v for k, v in (cpu_hyper or {}).items()})
+    return c
+
+
+def _set(c: mlc.ConfigDict, fields: dict[str, Any]) -> None:
+    for path, value in fields.items():
+        *sections, key = path.split(".")
+        node = c
+        for part in sections:
+            node = node[part]
+        node[key] = value
+
+
 def finalize(c: mlc.ConfigDict) -> mlc.ConfigDict:
     """Lock a config (unknown fields become errors) after a first sanity check."""
     c.lock()
