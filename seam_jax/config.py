@@ -55,6 +55,10 @@ def base_config() -> mlc.ConfigDict:
         # Held-out c = cos(g_a, g_b) and both norms at the start and the end of training, on
         # this many fixed (harmful, benign) batch pairs (eval.geometry); 0 = off.
         heldout_pairs=4,
+        # Also every N training steps (s % N == 0); 0 = the start and the end only. Off by
+        # default: one measurement costs a forward+backward of both batches per pair, about
+        # heldout_pairs SEAM steps' worth of compute.
+        heldout_every=0,
     ))
     # What the SEAM job trains (seam_jax/defense): name in defense.NAMES (seam, none = SFT on
     # the refusals, booster, vaccine, repnoise, tar); each baseline's hyperparameters in its
@@ -233,6 +237,8 @@ def validate(c: mlc.ConfigDict) -> None:
     if str(c.mesh.use) not in ("auto", "on", "off"):
         raise ConfigError(f"mesh.use={c.mesh.use!r}; choose auto, on or off")
     _at_least(c, "checkpoint.every", 1, "save a checkpoint every N >= 1 steps")
+    _at_least(c, "seam.heldout_every", 0, "measure held-out geometry every N >= 1 steps, or 0 "
+              "for the start and end only")
     _at_least(c, "checkpoint.keep", 1, "keep at least the newest checkpoint")
     _at_least(c, "optim.grad_accum", 1, "accumulate over N >= 1 micro-batches (1: none)")
     _positive(c, "optim.lr", "a learning rate <= 0 does not descend (a negative one ascends)")

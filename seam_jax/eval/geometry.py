@@ -109,10 +109,13 @@ def heldout_pairs(tokenizer: Any, harmful_rows: Sequence[dict], benign_rows: Seq
 
 
 def append_record(path: pathlib.Path, step: int, record: dict[str, Any]) -> dict[str, Any]:
-    """Append ``{"step": step, **record}`` as one JSON line to ``path``; return it."""
+    """Append ``{"step": step, **record}`` as one JSON line to ``path``; return it.
+
+    Rows already there with a step >= ``step`` are dropped first: after a resume from the
+    checkpoint at step k, the killed run's rows past k are replaced, not duplicated."""
     row = {"step": int(step), **record}
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    kept = [r for r in read_records(path) if r["step"] < row["step"]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept + [row]))
     return row
 
 

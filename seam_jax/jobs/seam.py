@@ -137,18 +137,32 @@ def _run(c: mlc.ConfigDict, run_dir: pathlib.Path) -> dict[str, Any]:
         realised = check_sd_precision(m.fn, m.params, batches.batch_at(0), hp)
         if realised is not None:
             summary["sd_perturbation"] = realised
-    # Held-out c = cos(g_a, g_b) and both norms, at the start and at the end (the loop's
-    # on_metrics callback sees no parameters, so not in between), in float32 or wider:
-    # RUN/heldout_geometry.jsonl and .png.
+    # Held-out c = cos(g_a, g_b) and both norms at the start, every seam.heldout_every
+    # steps (the loop's on_state hook) and at the end, in float32 or wider:
+    # RUN/heldout_geometry.jsonl and .png. A row replaces any at its step or later, so a
+    # resumed run rewrites the killed run's rows past its checkpoint; step 0 is measured
+    # only if absent (the base model is the same on every rerun).
     geo_path = run_dir / "heldout_geometry.jsonl"
     geo_pairs = []
+    every = int(c.seam.get("heldout_every", 0))
+
+    def record_geometry(step: int, p: Any) -> dict[str, Any]:
+        row = geometry_lib.append_record(
+            geo_path, step, geometry_lib.heldout_geometry(m.fn, p, geo_pairs))
+        log.info("held-out geometry at step %d: c=%.4f |g_a|=%.4g |g_b|=%.4g", step, row["cos"],
+                 row["norm_g_a"], row["norm_g_b"])
+        return row
+
     if c.seam.heldout_pairs > 0 and (setup is None or setup.process_count == 1):
         geo_pairs = heldout_pairs(c, m.tokenizer, data)
-        geo_path.unlink(missing_ok=True)
-        row = geometry_lib.append_record(
-            geo_path, 0, geometry_lib.heldout_geometry(m.fn, m.params, geo_pairs))
-        log.info("held-out geometry at step 0: c=%.4f |g_a|=%.4g |g_b|=%.4g", row["cos"],
-                 row["norm_g_a"], row["norm_g_b"])
+        if not any(r["step"] == 0 for r in geometry_lib.read_records(geo_path)):
+            geo_path.unlink(missing_ok=True)
+            record_geometry(0, m.params)
+    on_state = None
+    if geo_pairs and every > 0:
+        def on_state(step: int, st: Any) -> None:
+            if step % every == 0 and step != int(c.steps):  # the end row is written below
+                record_geometry(step, st["params"])
     source, place = defense_lib.source(c, batches), None
     if setup is not None:
         source, place = setup.local_source(source), setup.batch_to_global
@@ -160,14 +174,11 @@ def _run(c: mlc.ConfigDict, run_dir: pathlib.Path) -> dict[str, Any]:
                    checkpoint=CheckpointConfig(**c.checkpoint.to_dict()),
                    postfix=defense.metrics[:4], progress=c.progress,
                    empty_hint=hint),
-        meta={"config_digest": summary["config_digest"]}, place_batch=place,
+        meta={"config_digest": summary["config_digest"]}, place_batch=place, on_state=on_state,
     )
     params = state["params"]
     if geo_pairs:
-        row = geometry_lib.append_record(
-            geo_path, int(c.steps), geometry_lib.heldout_geometry(m.fn, params, geo_pairs))
-        log.info("held-out geometry at step %d: c=%.4f |g_a|=%.4g |g_b|=%.4g", c.steps, row["cos"],
-                 row["norm_g_a"], row["norm_g_b"])
+        row = record_geometry(int(c.steps), params)
         geometry_lib.plot(geometry_lib.read_records(geo_path), run_dir / "heldout_geometry.png")
         summary["heldout_geometry"] = {k: row[k] for k in ("cos", "norm_g_a", "norm_g_b")}
     export_dir = (run_dir_lib.resolve(c.export.dir, "export.dir") if c.export.dir

@@ -134,6 +134,7 @@ def run(
     *,
     meta: dict[str, Any] | None = None,
     on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+    on_state: Callable[[int, State], None] | None = None,
     place_batch: Callable[[Any], Any] | None = None,
     keep_params: bool = False,
 ) -> State:
@@ -144,19 +145,23 @@ def run(
     trained ones. ``keep_params=True`` trains a copy instead, for a caller that uses
     ``params`` afterwards. ``place_batch`` turns ``source.batch_at(step)`` into the
     step's input (default: host arrays, which the jitted step places; sharded runs
-    pass ``ShardedSetup.batch_to_global``).
+    pass ``ShardedSetup.batch_to_global``). ``on_state(step, state)`` is called after
+    each step (numbered from 1, as ``on_metrics``) with the new state, before its
+    checkpoint is saved; it must not modify or donate the state.
     """
     place_batch = place_batch or (lambda b: jax.tree.map(np.asarray, b))
     target_keys = step_fn.target_keys
     if keep_params:
         params = jax.tree.map(jnp.copy, params)
     with locked(loop.run_dir):  # a second run on this directory refuses with one line
-        return _run(params, step_fn, source, loop, meta, on_metrics, place_batch, target_keys)
+        return _run(params, step_fn, source, loop, meta, on_metrics, place_batch, target_keys,
+                    on_state)
 
 
 def _run(params: Params, step_fn: TrainStep, source: BatchSource, loop: LoopConfig,
          meta: dict[str, Any] | None, on_metrics: Callable[[int, dict[str, float]], None] | None,
-         place_batch: Callable[[Any], Any], target_keys: tuple[str, ...]) -> State:
+         place_batch: Callable[[Any], Any], target_keys: tuple[str, ...],
+         on_state: Callable[[int, State], None] | None = None) -> State:
     state = step_fn.init(params, loop.seed)
     ckpt = Checkpointer(loop.run_dir / "checkpoints", loop.checkpoint)
     restored = ckpt.restore_latest(abstract_like(state))
@@ -202,6 +207,8 @@ def _run(params: Params, step_fn: TrainStep, source: BatchSource, loop: LoopConf
             row = writer.write(step + 1, m)
             if on_metrics:
                 on_metrics(step + 1, row)
+            if on_state:
+                on_state(step + 1, state)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({k: f"{row[k]:.4g}" for k in loop.postfix if k in row}, refresh=False)

@@ -94,3 +94,14 @@ def test_measured_in_float32_or_wider():
     narrow = ModelFn(wide.config.replace(dtype="bfloat16"))
     assert geo_lib.wide_model(narrow).config.dtype == "float32"
     assert geo_lib.wide_model(wide) is wide
+
+
+def test_append_record_replaces_rows_at_and_after_its_step(tmp_path):
+    path = tmp_path / "g.jsonl"
+    for s in (0, 2, 4, 6):
+        geo_lib.append_record(path, s, {"cos": float(s)})
+    # A run resumed from the checkpoint at step 3 writes step 4 again: 4 and 6 go, 0 and 2 stay.
+    geo_lib.append_record(path, 4, {"cos": -4.0})
+    assert geo_lib.read_records(path) == [{"step": 0, "cos": 0.0}, {"step": 2, "cos": 2.0},
+                                          {"step": 4, "cos": -4.0}]
+    assert path.read_text().count("\n") == 3
