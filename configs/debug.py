@@ -21,6 +21,7 @@ def get_config(arg: str | None = None):
     c.data.n_test = 8
     c.seam.beta = 1.0
     c.steps = 6
+    c.seam.heldout_every = 3  # held-out geometry at steps 0, 3 and 6
     c.optim.lr = 1e-3
     c.checkpoint.every = 2
     c.checkpoint.keep = 3
