@@ -56,8 +56,8 @@ def base_config() -> mlc.ConfigDict:
         # this many fixed (harmful, benign) batch pairs (eval.geometry); 0 = off.
         heldout_pairs=4,
         # Also every N training steps (s % N == 0); 0 = the start and the end only. Off by
-        # default: one measurement costs a forward+backward of both batches per pair, about
-        # heldout_pairs SEAM steps' worth of compute.
+        # default: one measurement costs 2 x heldout_pairs gradient evaluations (8 at the
+        # default); a SEAM step makes a few (g_a, g_b, the two perturbed ones, L_ul, L_up).
         heldout_every=0,
     ))
     # What the SEAM job trains (seam_jax/defense): name in defense.NAMES (seam, none = SFT on

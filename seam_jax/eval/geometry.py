@@ -19,6 +19,7 @@ the record too (``cos_per_pair``, ``cos_pair_mean``), to show that spread.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import pathlib
@@ -48,6 +49,20 @@ def wide_model(fn: ModelFn) -> ModelFn:
     return ModelFn(fn.config.replace(dtype="float32"))
 
 
+# Jitted once at module level (ModelFn is static and hashes by its config), so a run that
+# measures every seam.heldout_every steps compiles the pair gradients once, not per row.
+@functools.partial(jax.jit, static_argnums=0)
+def _pair(fn: ModelFn, p: Params, adv: Batch, bgn: Batch):
+    g_a = jax.grad(lambda q: masked_ce(fn, q, adv))(p)
+    g_b = jax.grad(lambda q: masked_ce(fn, q, bgn))(p)
+    # Sums in float32 or wider, whatever the compute dtype.
+    g_a, g_b = (jax.tree.map(lambda x: x.astype(acc_dtype(x)), g) for g in (g_a, g_b))
+    return g_a, g_b, _cos(g_a, g_b)
+
+
+_add = jax.jit(lambda s, g: jax.tree.map(jnp.add, s, g))
+
+
 def heldout_geometry(fn: ModelFn, params: Params, pairs: Sequence[tuple[Batch, Batch]]
                      ) -> dict[str, Any]:
     """The geometry of ``g_a`` (first batch of each pair) and ``g_b`` (second) at ``params``.
@@ -62,22 +77,12 @@ def heldout_geometry(fn: ModelFn, params: Params, pairs: Sequence[tuple[Batch, B
     if not pairs:
         raise ValueError("heldout_geometry needs at least one (harmful, benign) batch pair")
     fn = wide_model(fn)
-
-    @jax.jit
-    def pair(p: Params, adv: Batch, bgn: Batch):
-        g_a = jax.grad(lambda q: masked_ce(fn, q, adv))(p)
-        g_b = jax.grad(lambda q: masked_ce(fn, q, bgn))(p)
-        # Sums in float32 or wider, whatever the compute dtype.
-        g_a, g_b = (jax.tree.map(lambda x: x.astype(acc_dtype(x)), g) for g in (g_a, g_b))
-        return g_a, g_b, _cos(g_a, g_b)
-
-    add = jax.jit(lambda s, g: jax.tree.map(jnp.add, s, g))
     sum_a = sum_b = None
     per_pair = []
     for adv, bgn in pairs:
-        g_a, g_b, (c, na, nb) = pair(params, adv, bgn)
-        sum_a = g_a if sum_a is None else add(sum_a, g_a)
-        sum_b = g_b if sum_b is None else add(sum_b, g_b)
+        g_a, g_b, (c, na, nb) = _pair(fn, params, adv, bgn)
+        sum_a = g_a if sum_a is None else _add(sum_a, g_a)
+        sum_b = g_b if sum_b is None else _add(sum_b, g_b)
         per_pair.append((float(c), float(na), float(nb)))
     n = len(pairs)
     # The cosine is scale-free; the norms are of the means.
@@ -115,7 +120,9 @@ def append_record(path: pathlib.Path, step: int, record: dict[str, Any]) -> dict
     checkpoint at step k, the killed run's rows past k are replaced, not duplicated."""
     row = {"step": int(step), **record}
     kept = [r for r in read_records(path) if r["step"] < row["step"]]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept + [row]))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept + [row]))
+    tmp.replace(path)  # a kill mid-write leaves the old file or the new one, never half of one
     return row
 
 

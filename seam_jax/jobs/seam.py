@@ -144,7 +144,7 @@ def _run(c: mlc.ConfigDict, run_dir: pathlib.Path) -> dict[str, Any]:
     # only if absent (the base model is the same on every rerun).
     geo_path = run_dir / "heldout_geometry.jsonl"
     geo_pairs = []
-    every = int(c.seam.get("heldout_every", 0))
+    every = int(c.seam.heldout_every)
 
     def record_geometry(step: int, p: Any) -> dict[str, Any]:
         row = geometry_lib.append_record(

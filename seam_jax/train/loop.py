@@ -154,14 +154,14 @@ def run(
     if keep_params:
         params = jax.tree.map(jnp.copy, params)
     with locked(loop.run_dir):  # a second run on this directory refuses with one line
-        return _run(params, step_fn, source, loop, meta, on_metrics, place_batch, target_keys,
-                    on_state)
+        return _run(params, step_fn, source, loop, meta, on_metrics, on_state, place_batch,
+                    target_keys)
 
 
 def _run(params: Params, step_fn: TrainStep, source: BatchSource, loop: LoopConfig,
          meta: dict[str, Any] | None, on_metrics: Callable[[int, dict[str, float]], None] | None,
-         place_batch: Callable[[Any], Any], target_keys: tuple[str, ...],
-         on_state: Callable[[int, State], None] | None = None) -> State:
+         on_state: Callable[[int, State], None] | None, place_batch: Callable[[Any], Any],
+         target_keys: tuple[str, ...]) -> State:
     state = step_fn.init(params, loop.seed)
     ckpt = Checkpointer(loop.run_dir / "checkpoints", loop.checkpoint)
     restored = ckpt.restore_latest(abstract_like(state))
