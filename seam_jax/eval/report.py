@@ -24,6 +24,8 @@ import json
 import pathlib
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 BROKEN_HS, BROKEN_UTILITY = 0.10, 0.30
 _NUMERIC = ("hs_keyword", "hs_keyword_frac", "hs_judge", "hs_judge_frac", "hs_classifier",
             "hs_classifier_frac", "refused_rate", "coherent_rate", "harmful_loss",
@@ -176,29 +178,57 @@ def final_rows(attacked: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]
     return [r for r in attacked if r.get("step") is None or r.get("step") == r.get("steps")]
 
 
+def split_name(model: str) -> tuple[str, int | None]:
+    """``("seam", 1)`` for the experiment's ``"seam-s1"``; ``(model, None)`` otherwise."""
+    arm, sep, seed = model.rpartition("-s")
+    return (arm, int(seed)) if sep and arm and seed.isdigit() else (model, None)
+
+
+def lr_series(attacked: Sequence[Mapping[str, Any]], metric: Any
+              ) -> dict[str, dict[float, list[float]]]:
+    """``{arm: {lr: [metric of each seed's model], ...}}`` over full-SFT rows at their last
+    step: what ``plot_vs_lr`` draws (one line per arm, the seeds pooled at each lr)."""
+    out: dict[str, dict[float, list[float]]] = {}
+    for r in final_rows(attacked):
+        if r.get("method", "full") == "full" and metric(r) is not None:
+            arm = split_name(r["model"])[0]
+            out.setdefault(arm, {}).setdefault(float(r["lr"]), []).append(metric(r))
+    return out
+
+
 def plot_vs_lr(before: Mapping[str, Mapping[str, Any]], attacked: Sequence[Mapping[str, Any]],
                path: pathlib.Path) -> pathlib.Path:
-    """HS and utility against the attack learning rate, one line per model (Figures 2/3 style)."""
+    """HS and utility against the attack learning rate at each attack's last step, one line
+    per defense (Figure 2 style): the mean over its seeds (models ``<arm>-s<seed>``), with
+    bars from the lowest to the highest seed; dashed, the same before any attack."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    attacked = final_rows(attacked)
+    attacked = [r for r in final_rows(attacked) if r.get("method", "full") == "full"]
+    arms = list(dict.fromkeys(split_name(m)[0] for m in [*before, *(r["model"] for r in attacked)]))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for (ax, metric, label) in ((axes[0], hs_of, "HS (harmful rate)"),
                                 (axes[1], utility_of, "utility (ZS avg or MC accuracy)")):
-        for i, model in enumerate(sorted({r["model"] for r in attacked})):
-            pts = sorted((r["lr"], metric(r)) for r in attacked
-                         if r["model"] == model and r.get("method", "full") == "full"
-                         and metric(r) is not None)
-            color = f"C{i}"
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color,
-                        label=f"{model} attacked")
-            if model in before and metric(before[model]) is not None:
-                ax.axhline(metric(before[model]), color=color, ls="--", lw=1,
-                           label=f"{model} before attack")
+        series = lr_series(attacked, metric)
+        for i, arm in enumerate(arms):
+            color = f"C{i % 10}"
+            by_lr = series.get(arm, {})
+            n_seeds = len({split_name(r["model"])[1] for r in attacked
+                           if split_name(r["model"])[0] == arm})
+            if by_lr:
+                lrs = sorted(by_lr)
+                mean = np.array([np.mean(by_lr[x]) for x in lrs])
+                lo = mean - np.array([min(by_lr[x]) for x in lrs])
+                hi = np.array([max(by_lr[x]) for x in lrs]) - mean
+                ax.errorbar(lrs, mean, yerr=[lo, hi], fmt="o-", color=color, capsize=3,
+                            label=f"{arm} attacked ({n_seeds} seed{'s' * (n_seeds != 1)})")
+            start = [metric(before[m]) for m in before
+                     if split_name(m)[0] == arm and metric(before[m]) is not None]
+            if start:
+                ax.axhline(float(np.mean(start)), color=color, ls="--", lw=1,
+                           label=f"{arm} before attack")
         ax.set_xscale("log")
         ax.set_xlabel("attack learning rate")
         ax.set_ylabel(label)
@@ -278,13 +308,14 @@ def worst_case_table(cases: Mapping[str, Mapping[str, Any]], guard: float) -> st
 def write_report(run_dir: pathlib.Path, *, before: Mapping[str, Mapping[str, Any]],
                  attacked: Sequence[Mapping[str, Any]], pca: Mapping[str, Any] | None,
                  notes: Sequence[str] = (), base_of: Mapping[str, str] | None = None,
-                 guard: float = 0.0) -> pathlib.Path:
+                 guard: float = 0.0, sections: Sequence[str] = ()) -> pathlib.Path:
     """``report.md`` (+ ``hs_utility_vs_lr.png``, ``attack_trajectories.png``,
     ``gradient_pca.png``) and ``report.json`` in ``run_dir``.
 
     ``base_of`` maps each attacked model to the name (in ``before``) of its base model,
     whose utility before any attack sets the capability guard's floor (``guard`` times
-    it); a model without one gets the unguarded worst case.
+    it); a model without one gets the unguarded worst case. ``sections``: markdown lines
+    placed first, under the title (the experiment's pre-registered criteria).
     """
     from seam_jax.eval.pca import plot_pca
 
@@ -300,7 +331,7 @@ def write_report(run_dir: pathlib.Path, *, before: Mapping[str, Mapping[str, Any
         g = guard if base_u is not None else 0.0
         w = worst_case([r for r in attack_rows if r["model"] == model], base_u, g)
         cases[model] = {**w, "base": base, "base_utility": base_u, "guard": g}
-    parts = ["# SEAM experiment report", ""]
+    parts = ["# SEAM experiment report", "", *sections]
     if cases:
         parts += [f"## Worst case under attack (capability guard {guard:g})", "",
                   f"Per defended model, the highest HS over every evaluated attack (cell, step) "
@@ -324,10 +355,10 @@ def write_report(run_dir: pathlib.Path, *, before: Mapping[str, Mapping[str, Any
     if pca:
         plot_pca(pca, run_dir / "gradient_pca.png")
         parts += ["## Gradient PCA (Figure 6)", "",
-                  "| model | cos(mean adv, mean bgn) | separation | explained (PC1, PC2) |",
+                  "| model | cos(mean adv, mean bgn) | separation | explained (PC1, PC2, PC3) |",
                   "|---|---|---|---|"]
         parts += [f"| {m} | {r['cos_mean']:.3f} | {r['separation']:.2f} | "
-                  f"{r['explained'][0]:.2f}, {r['explained'][1]:.2f} |" for m, r in pca.items()]
+                  + ", ".join(f"{x:.2f}" for x in r["explained"]) + " |" for m, r in pca.items()]
         parts += ["", "![gradient PCA](gradient_pca.png)", ""]
     parts += [f"- {n}" for n in notes]
     out = run_dir / "report.md"
