@@ -35,34 +35,14 @@ and the harm classifier need their data or weights from the hub: switch them on 
 --config.utility.lm_eval_tasks=... and --config.harm.scorers=keyword,classifier.
 """
 
-from seam_jax.config import base_config
+from seam_jax.config import experiment_config
 from seam_jax.errors import ConfigError
 
 VARIANTS = ("debug",)
 
 
 def get_config(arg: str | None = None):
-    c = base_config()
-    c.job = "experiment"
-    c.run_dir = "runs/experiment"
-    c.model.source = "default"
-    c.data.format = "chat"
-    c.data.context_length = 96
-    c.data.batch_size = 2
-    c.data.n_defense, c.data.n_attack, c.data.n_test = 2000, 400, 100
-    c.seam.beta = 1.0
-    c.steps = 20
-    c.optim.lr = 5e-5
-    c.checkpoint.every = 10
-    c.eval.enabled = False  # the experiment evaluates every model itself
-    c.attack.grid = "paper_1k"
-    c.attack.cells = "2,5"
-    c.attack.n_samples = 64
-    c.attack.checkpoint_every = 8
-    c.attack.eval_every = 8
-    c.harm.n_prompts, c.harm.max_new_tokens = 32, 32
-    c.utility.n_benign, c.utility.n_mc = 200, 200
-    c.utility.pca_batches, c.utility.pca_coords = 12, 200_000
+    c = experiment_config()
     if arg == "debug":
         c.run_dir = "runs/experiment-debug"
         c.model.source = "preset:debug"

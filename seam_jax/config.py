@@ -133,11 +133,12 @@ def base_config() -> mlc.ConfigDict:
     # the SEAM job's benign generations) and proxy MC accuracy (n_mc items), with 95% intervals;
     # lm-eval tasks (comma-separated, "" = none; they need their data) with an optional limit;
     # FS: fs_task in sst2|agnews|gsm8k ("" = skip) from fs_train/fs_test (files or hub ids);
-    # gradient PCA: pca_batches adversarial and benign batches per model, pca_coords coordinates.
+    # gradient PCA: pca_batches adversarial and benign batches per model (the paper's 100 and
+    # 100; configs/experiment.py takes 12 on a CPU), pca_coords coordinates.
     c.utility = mlc.ConfigDict(dict(
         n_benign=200, n_mc=200, lm_eval_tasks="", lm_eval_limit=0,
         fs_task="", fs_train="", fs_test="", fs_steps=50, fs_n_test=100, fs_lr=2e-5,
-        pca_batches=20, pca_coords=200_000,
+        pca_batches=100, pca_coords=200_000,
     ))
     # Device mesh (seam_jax/parallel): axis sizes, -1 for "the rest of the devices", and the
     # preset of logical-axis rules (parallel/rules.py RULES: fsdp_tp, data_parallel). use:
@@ -168,8 +169,9 @@ def base_config() -> mlc.ConfigDict:
 
 
 def cpu_size(c: mlc.ConfigDict) -> mlc.ConfigDict:
-    """configs/default.py's size for a 2-core CPU: batch 2 x 96, 20 steps at lr 5e-5, a
-    checkpoint every 10, 400 attack rows, 32 held-out prompts of 32 new tokens."""
+    """The 2-core CPU size of configs/default.py:seam and the baselines' :cpu variants:
+    batch 2 x 96, 20 steps at lr 5e-5, a checkpoint every 10, 400 attack rows, 32 held-out
+    prompts of 32 new tokens."""
     c.data.context_length = 96
     c.data.batch_size = 2
     c.data.n_attack = 400
@@ -178,6 +180,36 @@ def cpu_size(c: mlc.ConfigDict) -> mlc.ConfigDict:
     c.checkpoint.every = 10
     c.eval.n_prompts = 32
     c.eval.max_new_tokens = 32
+    return c
+
+
+def experiment_config() -> mlc.ConfigDict:
+    """configs/experiment.py's CPU experiment (job "experiment"): SmolLM2 on the proxy data
+    (chat), each defense 20 steps of batch 2 x 96 at beta 1, lr 5e-5; the paper's 1K full-SFT
+    cells 2 and 5 (lr 5e-5, 2e-4) with 64 samples (16 steps of batch 4), evaluated at steps 8
+    and 16; HS on 32 prompts of 32 new tokens, utility on 200 benign and 200 MC items, PCA on
+    12 + 12 batches. configs/selfdestruct.py starts from it."""
+    c = base_config()
+    c.job = "experiment"
+    c.run_dir = "runs/experiment"
+    c.model.source = "default"
+    c.data.format = "chat"
+    c.data.context_length = 96
+    c.data.batch_size = 2
+    c.data.n_defense, c.data.n_attack, c.data.n_test = 2000, 400, 100
+    c.seam.beta = 1.0
+    c.steps = 20
+    c.optim.lr = 5e-5
+    c.checkpoint.every = 10
+    c.eval.enabled = False  # the experiment evaluates every model itself
+    c.attack.grid = "paper_1k"
+    c.attack.cells = "2,5"
+    c.attack.n_samples = 64
+    c.attack.checkpoint_every = 8
+    c.attack.eval_every = 8
+    c.harm.n_prompts, c.harm.max_new_tokens = 32, 32
+    c.utility.n_benign, c.utility.n_mc = 200, 200
+    c.utility.pca_batches, c.utility.pca_coords = 12, 200_000
     return c
 
 

@@ -64,3 +64,13 @@ def test_the_other_jobs(tmp_path):
     assert "  seam #2 (full/adamw/64, lr 5e-05): hs_keyword 0.25, mc_acc 0.50" in out.splitlines()
     out = summary_text(_config("experiment", tmp_path), {"report": "r.md", "n_attacked": 4}, 3)
     assert "  4 attacked checkpoints; report: r.md" in out.splitlines()
+    crit = {"verdict": "inconclusive", "rows": [
+        {"criterion": "C0 attack works", "seed": 0, "held": True},
+        {"criterion": "C1 geometry", "seed": 0, "held": False},
+        {"criterion": "C3 self-destructs", "seed": 1, "held": None}]}
+    out = summary_text(_config("experiment", tmp_path), {"report": "r.md", "n_attacked": 4,
+                                                         "table": ["model  HS", "seam-s0  0.1"],
+                                                         "criteria": crit}, 3).splitlines()
+    assert "  seam-s0  0.1" in out
+    assert ("  pre-registered criteria: inconclusive; not held: C1 (seed 0), C3 (seed 1)"
+            in out)

@@ -42,8 +42,10 @@ from seam_jax.attack import grid as grid_lib
 from seam_jax.attack.runner import load_checkpoint, sweep
 from seam_jax.defense.arms import arm_overrides, arms_and_seeds
 from seam_jax.data import PairBatches, benign_pair, harmful_pair
+from seam_jax.eval import criteria as criteria_lib
+from seam_jax.eval import geometry as geometry_lib
 from seam_jax.eval.finetune import finetune_score, get_task, load_task_rows
-from seam_jax.eval.pca import gradient_pca
+from seam_jax.eval.pca import N_COMPONENTS, gradient_pca
 from seam_jax.eval.report import write_report
 from seam_jax.jobs import seam as seam_job
 from seam_jax.jobs.attack import attack_data, make_evaluator
@@ -170,10 +172,18 @@ def _run(c: mlc.ConfigDict, run_dir: pathlib.Path) -> dict[str, Any]:
              f"HS scorers: {c.harm.scorers}; {n_prompts} test prompts",
              "timings (s, this process): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())]
     guard = float(c.experiment.utility_guard)
+    checked = check_criteria(run_dir, arms, seeds, before, attacked)
+    sections = []
+    if checked is not None:
+        sections = ["## Pre-registered criteria (configs/selfdestruct.py)", "",
+                    f"Verdict: **{checked['verdict']}** (shown: every criterion in every seed; "
+                    "refuted: the attack worked (C0) and C3 failed, in every seed).", "",
+                    criteria_lib.markdown(checked["rows"]), ""]
     report = write_report(run_dir, before=before, attacked=attacked, pca=pca or None, notes=notes,
-                          base_of=base_of, guard=guard)
+                          base_of=base_of, guard=guard, sections=sections)
     worst = json.loads((run_dir / "report.json").read_text())["worst_case"]
     summary = {"report": str(report), "n_attacked": len(attacked), "arms": arms, "seeds": seeds,
+               "criteria": checked, "table": outcome_table(before, attacked),
                "worst_case": {m: {k: w.get(k) for k in ("hs", "utility", "broken", "verdict_ci",
                                                            "n_kept", "n_rows")}
                               for m, w in worst.items()},
@@ -181,6 +191,46 @@ def _run(c: mlc.ConfigDict, run_dir: pathlib.Path) -> dict[str, Any]:
     (run_dir / "experiment_summary.json").write_text(json.dumps(summary, indent=1))
     log.info("experiment done in %.0f s; report at %s", summary["wall_seconds"], report)
     return summary
+
+
+def check_criteria(run_dir: pathlib.Path, arms: list[str], seeds: list[int],
+                   before: dict[str, dict[str, Any]], attacked: list[dict[str, Any]]
+                   ) -> dict[str, Any] | None:
+    """``eval.criteria`` on every seed, when the arms include base, control and seam:
+    ``{"rows": [...], "verdict": ...}``; None otherwise."""
+    if not set(criteria_lib.ARMS) <= set(arms) or not attacked:
+        return None
+    rows = []
+    for seed in seeds:
+        names = {a: model_name(a, seed) for a in criteria_lib.ARMS}
+        geo = {a: geometry_lib.read_records(run_dir / names[a] / "heldout_geometry.jsonl")
+               for a in ("control", "seam")}
+        data = criteria_lib.SeedData(
+            seed=seed, before={a: before.get(n, {}) for a, n in names.items()},
+            attacked={a: criteria_lib.last_step_rows(attacked, n) or {} for a, n in names.items()},
+            heldout={a: (max(r, key=lambda x: x["step"]) if r else {}) for a, r in geo.items()},
+            heldout_start=next((x for x in geo["seam"] if x["step"] == 0), None))
+        rows += criteria_lib.check_seed(data)
+    return {"rows": rows, "verdict": criteria_lib.verdict(rows)}
+
+
+def outcome_table(before: dict[str, dict[str, Any]], attacked: list[dict[str, Any]]) -> list[str]:
+    """A short text table for stdout: per model, before any attack -> its strongest attack's
+    last step: on the harmful test prompts the rates of harmful (offline judge), refused
+    and coherent answers and the CE of the harmful answers; MC accuracy and benign CE."""
+    keys = (("hs_judge", "harmful"), ("refused_rate", "refused"), ("coherent_rate", "coherent"),
+            ("harmful_loss", "harmful CE"), ("mc_acc", "MC acc"), ("benign_loss", "benign CE"))
+    head = f"{'model':<12}" + "".join(f"{label:>16}" for _, label in keys)
+    lines = [head + "   (before -> after the strongest attack)"]
+    for name, b in before.items():
+        a = criteria_lib.last_step_rows(attacked, name) or {}
+
+        def cell(k: str) -> str:
+            x, y = b.get(k), a.get(k)
+            fx = "-" if x is None else f"{x:.2f}"
+            return f"{fx} -> {'-' if y is None else f'{y:.2f}'}"
+        lines.append(f"{name:<12}" + "".join(f"{cell(k):>16}" for k, _ in keys))
+    return lines
 
 
 def _run_seed(c: mlc.ConfigDict, run_dir: pathlib.Path, arms: list[str], seed: int,
@@ -243,7 +293,7 @@ def _run_seed(c: mlc.ConfigDict, run_dir: pathlib.Path, arms: list[str], seed: i
             return gradient_pca({n: (get(n).fn, get(n).params) for n in names}, adv, bgn,
                                 n_coords=c.utility.pca_coords, seed=c.seed)
 
-        key = {"models": {n: key_of(n) for n in names},
+        key = {"models": {n: key_of(n) for n in names}, "components": N_COMPONENTS,
                **_sections(c, "utility.pca_batches", "utility.pca_coords", "data", "seed")}
         pca = timed("pca", lambda: run_dir_lib.cached(run_dir / f"pca-s{seed}.json", key,
                                                       compute_pca))

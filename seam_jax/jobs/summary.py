@@ -121,17 +121,15 @@ def _attack(c: mlc.ConfigDict, rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _experiment(c: mlc.ConfigDict, s: Mapping[str, Any]) -> list[str]:
-    run_dir = _run_dir(c)
-    lines = []
-    for name in ("base", "seam"):
-        f = run_dir / f"eval_{name}.json"
-        if f.is_file():
-            e = read_json(f)
-            figures = [f"{k} {e[k]:.2f}" for k in sorted(e) if k.startswith(("hs_", "mc_acc"))
-                       and not k.endswith("_frac") and isinstance(e[k], (int, float))]
-            lines.append(f"{name} before attacks: " + ", ".join(figures))
+    lines = list(s.get("table") or [])
+    checked = s.get("criteria")
+    if checked:
+        failed = sorted({f"{r['criterion'][:2]} (seed {r['seed']})" for r in checked["rows"]
+                         if r["held"] is not True})
+        lines.append(f"pre-registered criteria: {checked['verdict']}"
+                     + (f"; not held: {', '.join(failed)}" if failed else ""))
     lines.append(f"{s.get('n_attacked', '?')} attacked checkpoints; report: {s.get('report')}")
-    lines.append(_outputs(run_dir, ["report.md", "experiment_summary.json", "attacks/", "seam/"]))
+    lines.append(_outputs(_run_dir(c), ["report.md", "experiment_summary.json", "attacks/"]))
     return lines
 
 

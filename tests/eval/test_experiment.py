@@ -121,6 +121,14 @@ def test_experiment_debug_then_resume(tmp_path):
     assert "| seam-s0 | #5 full/adamw/8 | 2e-04 | 2/4 |" in report
     for m in ("base-s0", "control-s0", "seam-s0"):
         assert f"\n| {m} | " in report.split("## Before any attack")[0], m  # worst-case lines
+    # With base, control and seam, the pre-registered criteria are checked, each seed's
+    # four in the report and the summary, and stdout's table has a line per model.
+    summary = json.loads((run / "experiment_summary.json").read_text())
+    crit = summary["criteria"]
+    assert [r["criterion"][:2] for r in crit["rows"]] == ["C0", "C1", "C2", "C3"]
+    assert crit["verdict"] in ("shown", "refuted", "inconclusive")
+    assert "## Pre-registered criteria" in report and crit["verdict"] in report
+    assert [ln.split()[0] for ln in summary["table"][1:]] == ["base-s0", "control-s0", "seam-s0"]
     # A rerun reads every stage back: no new result rows.
     n = len(rows)
     assert main(["x", f"--config={CFG}:debug", f"--config.run_dir={run}"]) == 0
