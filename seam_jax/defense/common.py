@@ -10,11 +10,7 @@ import jax.numpy as jnp
 
 from seam_jax.model.api import ModelFn, Params
 from seam_jax.seam.losses import check_batch, token_ce_sum
-
-# The batches' key holding one uint32 per row, all equal to the step number
-# (``defense.DefenseSource``): a defense that draws random numbers (RepNoise's noise,
-# TAR's adversary learning rate) keys them on it, so a resumed run draws the same ones.
-SEED_KEY = "seed"
+from seam_jax.train.step import SEED_KEY
 
 
 def ce(fn: ModelFn, params: Params, batch: dict, **model_kw: Any) -> jax.Array:

@@ -68,14 +68,20 @@ def plan_config(c: mlc.ConfigDict) -> Any:
 
 
 def step_spec(c: mlc.ConfigDict) -> Any:
-    """The step the SEAM job (``jobs.seam.train_step``) would compile for ``c``."""
-    from seam_jax.defense import seam_hyper
+    """The step the SEAM job (``jobs.seam.train_step``) would compile for ``c``: the
+    objective of ``defense.name`` (SEAM by default) and the batches that defense reads."""
+    from seam_jax import defense as defense_lib
     from seam_jax.parallel.plan import StepSpec
     from seam_jax.train.optim import OptimConfig
 
-    return StepSpec(model=model_config(c), hp=seam_hyper(c), optim=OptimConfig(**c.optim.to_dict()),
+    defense_lib.check(c)
+    d = defense_lib.get(str(c.defense.name))
+    return StepSpec(model=model_config(c), hp=defense_lib.seam_hyper(c),
+                    optim=OptimConfig(**c.optim.to_dict()),
                     batch_size=int(c.data.batch_size), seq_len=int(c.data.context_length),
-                    step=plan_config(c).step, seed=int(c.seed), steps=int(c.steps))
+                    step=plan_config(c).step, seed=int(c.seed), steps=int(c.steps),
+                    objective=lambda fn: defense_lib.objective(c, fn),
+                    batch_keys=d.batch_keys, seeded=d.seeded)
 
 
 def run(c: mlc.ConfigDict) -> dict[str, Any]:
@@ -102,7 +108,8 @@ def plan_here(c: mlc.ConfigDict) -> dict[str, Any]:
         "model": str(c.model.source), "params": spec.model.num_params(),
         "param_dtype": spec.model.param_dtype, "dtype": spec.model.dtype,
         "remat": spec.model.remat, "scan_layers": spec.model.scan_layers,
-        "step": spec.step, "estimator": spec.hp.estimator, "vmap": spec.hp.vmap,
+        "step": spec.step, "defense": str(c.defense.name), "estimator": spec.hp.estimator,
+        "vmap": spec.hp.vmap,
         "optimizer": spec.optim.name, "batch": [spec.batch_size, spec.seq_len],
         "device_memory_gib": plan.device_memory_gb, "usable_fraction": plan.usable_fraction,
         "compiled_on": _platform(),

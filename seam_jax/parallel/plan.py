@@ -26,7 +26,7 @@ import dataclasses
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +39,8 @@ from seam_jax.parallel.mesh import MeshConfig, make_mesh, resolve_sizes
 from seam_jax.parallel.rules import Rules
 from seam_jax.seam.objective import SeamHyper
 from seam_jax.train.optim import OptimConfig
-from seam_jax.train.step import (Objective, SFT_KEY, TrainStep, build_step, optimizer_for,
-                                 seam_objective, sft_objective)
+from seam_jax.train.step import (Objective, SEED_KEY, SFT_KEY, TrainStep, build_step,
+                                 optimizer_for, seam_objective, sft_objective)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,11 @@ class StepSpec:
     step: str = "seam"
     seed: int = 0
     steps: int = 1000
+    # The job's defense (seam_jax.defense), for step "seam": its objective builder
+    # (None: SEAM with ``hp``), the batch keys it reads and whether it reads seed rows.
+    objective: Callable[[ModelFn], Objective] | None = None
+    batch_keys: tuple[str, ...] = ("adv", "aln", "bgn")
+    seeded: bool = False
 
 
 @dataclasses.dataclass
@@ -123,14 +128,19 @@ class MemoryPlan:
 
 def abstract_step_batches(spec: StepSpec, rules: Rules) -> dict[str, dict[str, jax.ShapeDtypeStruct]]:
     """The step's batches as sharded ShapeDtypeStructs (int32 [B, T], as data.format makes)."""
-    keys = ("adv", "aln", "bgn") if spec.step == "seam" else (SFT_KEY,)
+    keys = spec.batch_keys if spec.step == "seam" else (SFT_KEY,)
     one = {k: jax.ShapeDtypeStruct((spec.batch_size, spec.seq_len), jnp.int32)
            for k in ("input_ids", "attention_mask", "loss_mask")}
-    return sharded.abstract_batches({k: one for k in keys}, rules)
+    batches: dict[str, Any] = {k: one for k in keys}
+    if spec.step == "seam" and spec.seeded:  # defense.DefenseSource's seed rows
+        batches[SEED_KEY] = jax.ShapeDtypeStruct((spec.batch_size,), jnp.uint32)
+    return sharded.abstract_batches(batches, rules)
 
 
 def objective_for(spec: StepSpec, fn: ModelFn) -> Objective:
-    return seam_objective(fn, spec.hp) if spec.step == "seam" else sft_objective(fn)
+    if spec.step != "seam":
+        return sft_objective(fn)
+    return seam_objective(fn, spec.hp) if spec.objective is None else spec.objective(fn)
 
 
 def lower_step(spec: StepSpec, mesh_cfg: MeshConfig, devices: list[jax.Device]

@@ -41,6 +41,10 @@ State = dict[str, Any]
 GradientFn = Callable[[Params, dict], tuple[Params, dict[str, jax.Array]]]
 SEAM_TARGETS = ("targets_adv", "targets_aln", "targets_bgn")
 SFT_KEY = "train"  # the batches' key the SFT objective reads
+# The batches' key holding one uint32 per row, all equal to the step number
+# (``defense.DefenseSource``): a defense that draws random numbers (RepNoise's noise,
+# TAR's adversary learning rate) keys them on it, so a resumed run draws the same ones.
+SEED_KEY = "seed"
 
 
 # ------------------------------------------------------------------ what is trained

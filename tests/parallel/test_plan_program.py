@@ -4,15 +4,21 @@ Both come from ``train.step.build_step``; this checks that the job
 (``jobs.seam.train_step``, from its loaded model and sharded setup) and the plan
 (``parallel.plan.lower_step``, from the config's shapes alone) hand it the same
 objective, optimizer, schedule and layout: their lowered StableHLO texts are equal,
-on the debug model over a (data, fsdp, tensor) = (1, 4, 2) mesh of fake CPU devices.
+on the debug model over a (data, fsdp, tensor) = (1, 4, 2) mesh of fake CPU devices. For
+a baseline defense (``defense.name``), the plan lowers that defense's step, with the
+batches the job's batch source gives (keys, shapes, dtypes; seed rows where it draws).
 """
 
 import hashlib
 import pathlib
 
 import jax
+import numpy as np
+import pytest
 
+from seam_jax import defense as defense_lib
 from seam_jax.jobs import plan as plan_job
+from seam_jax.jobs.data import load_experiment_data
 from seam_jax.jobs import seam as seam_job
 from seam_jax.jobs.sharding import mesh_config, training_setup
 from seam_jax.main import parse
@@ -49,3 +55,21 @@ def test_plan_lowers_the_seam_jobs_step():
     # constants), is another program.
     for extra in ("--config.seam.beta=0.5", "--config.steps=7"):
         assert fingerprint(plan_lowering(parse(ARGS + [extra]))[0]) != fingerprint(plan_lowered), extra
+
+
+@pytest.mark.parametrize("name", ["booster", "repnoise"])  # repnoise reads seed rows
+def test_plan_lowers_a_baseline_defenses_step(name, tmp_path):
+    c = parse(ARGS + [f"--config.defense.name={name}"])
+    plan_lowered, batches, state = plan_lowering(c)
+    setup = training_setup(c)
+    m = seam_job.load_model(c, setup.param_shardings_fn)
+    job_lowered = seam_job.train_step(c, m.fn, setup).lower(state, batches)
+    assert fingerprint(job_lowered) == fingerprint(plan_lowered)
+    assert fingerprint(plan_lowered) != fingerprint(plan_lowering(parse(ARGS))[0])  # not SEAM's
+
+    # The plan's batches are what the job's batch source hands the step.
+    data = load_experiment_data(c, tmp_path)
+    real = defense_lib.source(c, seam_job.seam_batches(c, m.tokenizer, data)).batch_at(0)
+    shapes = lambda tree: jax.tree.map(lambda x: (tuple(np.shape(x)), np.dtype(x.dtype)), tree)
+    assert shapes(real) == shapes(batches)
+    assert set(real) == set(defense_lib.get(name).batch_keys) | ({"seed"} if name == "repnoise" else set())
