@@ -14,6 +14,7 @@ import pathlib
 import time
 from typing import Any
 
+import jax
 import ml_collections as mlc
 
 from seam_jax import config as config_lib
@@ -197,6 +198,7 @@ def _run(c: mlc.ConfigDict, run_dir: pathlib.Path) -> dict[str, Any]:
         log.info("behaviour, with 95%% bootstrap intervals:\n%s",
                  behaviour_table({"before": before, "after": after}))
     summary["wall_seconds"] = round(time.time() - t0, 1)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    if jax.process_index() == 0:  # the processes of a job share the run directory
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     log.info("SEAM done in %.0f s; summary in %s", summary["wall_seconds"], run_dir / "summary.json")
     return summary

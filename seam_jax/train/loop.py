@@ -9,7 +9,8 @@ touching the last good checkpoint.
 It holds the run directory's lock (``train.run_dir.locked``) for the run; on resume it
 drops the metrics rows past the checkpoint's step. SIGINT or SIGTERM during training
 finishes the current step, saves a checkpoint at it and raises ``Interrupted`` (one
-line; a second signal exits at once). A run that trains nothing stops with
+line; a second signal exits at once); in a multi-process run every process stops at the
+same step when any one of them is signalled. A run that trains nothing stops with
 ``NothingTrained``: see ``LoopConfig.empty_first``.
 """
 
@@ -79,6 +80,20 @@ class _Signals:
     def restore(self) -> None:
         for s, old in self._old.items():
             signal.signal(s, old)
+
+    def agreed(self) -> int | None:
+        """The signal that stops training after this step, the same in every process: in a
+        multi-process run each process reads every process's flag (one host all-gather per
+        step), so all stop at one step and save one checkpoint, whichever process the pod
+        or SLURM signalled first; a process's own signal is read once, here."""
+        mine = self.signum
+        if jax.process_count() == 1:
+            return mine
+        from jax.experimental import multihost_utils
+
+        flags = np.ravel(multihost_utils.process_allgather(np.asarray(mine or 0, np.int32)))
+        got = [int(x) for x in flags if x]
+        return got[0] if got else None
 
 
 def _say(line: str) -> None:
@@ -215,7 +230,7 @@ def _run(params: Params, step_fn: TrainStep, source: BatchSource, loop: LoopConf
             run_meta = {**(meta or {}), "step": step + 1, "data_position": step + 1, "seed": loop.seed}
             # Read once: a signal that lands between the save and the check below would
             # otherwise stop the run at a step it did not save (it stops after the next one).
-            stop = signals.signum
+            stop = signals.agreed()
             if ckpt.save(step + 1, state, run_meta, force=step + 1 == loop.steps or stop is not None):
                 last_good = step + 1
             done_here += 1

@@ -6,7 +6,9 @@ gloo collectives, a coordinator on a free port): a reference run in one process 
 mesh; each process loads its own 2 rows of the 4-row global batch), SIGKILLed together
 after a checkpoint, resumed; then SIGKILL of process 1 alone, which makes process 0 exit
 by itself with one line within the heartbeat timeout, with the last checkpoint intact;
-then a resume to the end and the gathered HF export, compared with the reference.
+then SIGTERM to process 1 alone (as a pod or SLURM signals one host first), after which
+both processes stop at the same step and save its checkpoint; then a resume to the end
+and the gathered HF export, compared with the reference.
 """
 
 import json
@@ -23,7 +25,7 @@ import pytest
 from safetensors.numpy import load_file
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-STEPS = 8
+STEPS = 12
 HEARTBEAT = 10  # --config.distributed.heartbeat_timeout (s)
 
 # SGD and beta = 0.01, as in test_seam_job.py: there the sharded job equals the
@@ -99,7 +101,7 @@ def _metrics(run_dir):
     return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.e2e  # one single-process and three two-process SEAM jobs
+@pytest.mark.e2e  # one single-process and four two-process SEAM jobs
 def test_two_processes_train_checkpoint_survive_kills_and_export_as_one(tmp_path):
     t_start = time.time()
     # The reference: one process, the same 4-device mesh (fsdp=4).
@@ -149,12 +151,34 @@ def test_two_processes_train_checkpoint_survive_kills_and_export_as_one(tmp_path
     assert survived and survived[-1] >= killed_at + 2, survived
     assert not (run / "defended-hf").exists()
 
-    # 3. Resumed to the end: the gathered export and the metrics equal the reference run's.
+    # 3. Resumed; SIGTERM to process 1 only: both stop after one and the same step, save
+    # its checkpoint together, and exit 143 with one line each.
     procs = _start_two(run, tmp_path, "third")
+    _wait_for_step(ckpt, survived[-1] + 2, procs)
+    procs[1][0].send_signal(signal.SIGTERM)
+    stopped = set()
+    for p, err in procs:
+        try:
+            rc = p.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            raise AssertionError("a process did not stop after SIGTERM to process 1")
+        text = _stderr((p, err))
+        last = text.strip().splitlines()[-1]
+        assert rc == 143 and "SIGTERM: training stopped at step" in last, (rc, text[-3000:])
+        assert "Traceback" not in text, text[-3000:]
+        stopped.add(int(last.split("at step ")[1].split()[0]))
+    assert len(stopped) == 1, stopped  # one step for both processes
+    term_step = stopped.pop()
+    assert term_step > survived[-1] + 2 and term_step in _steps(ckpt), (term_step, _steps(ckpt))
+    assert (ckpt / str(term_step) / "seam_sha256.json").is_file()  # whole, not half-written
+
+    # 4. Resumed to the end: the gathered export and the metrics equal the reference run's.
+    procs = _start_two(run, tmp_path, "fourth")
     for p, err in procs:
         assert p.wait(timeout=600) == 0, _stderr((p, err))[-3000:]
     err0 = _stderr(procs[0])
-    assert f"resuming from the checkpoint at step {survived[-1]}" in err0, err0[-3000:]
+    assert f"resuming from the checkpoint at step {term_step}" in err0, err0[-3000:]
     t_two = time.time() - t0
 
     # Each step once (metrics.jsonl truncated to the resumed step, written by process 0).
@@ -172,6 +196,6 @@ def test_two_processes_train_checkpoint_survive_kills_and_export_as_one(tmp_path
     worst = max(float(np.max(np.abs(w[k] - ref_w[k]))) for k in w)
     for k in w:
         np.testing.assert_allclose(w[k], ref_w[k], rtol=1e-5, atol=1e-7, err_msg=k)
-    print(f"\nreference (1 process, 4 devices): {t_ref:.1f} s; two processes (three launches, "
-          f"two kills): {t_two:.1f} s; process 0 stopped {waited:.1f} s after process 1 was "
+    print(f"\nreference (1 process, 4 devices): {t_ref:.1f} s; two processes (four launches, "
+          f"two kills, one SIGTERM): {t_two:.1f} s; process 0 stopped {waited:.1f} s after process 1 was "
           f"killed; export max abs difference {worst:.2e}")
