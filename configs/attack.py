@@ -2,12 +2,12 @@
 
     # The paper's 11 attacks on a defended model (its run directory or HF export):
     python -m seam_jax.main --config=configs/attack.py \
-        --config.attack.targets=seam=runs/default/defended-hf
+        --config.attack.targets=seam=runs/default/seam-s0/defended-hf
     # A sub-grid, CPU-sized: cells 2 and 5 (1K, AdamW, lr 5e-5 and 2e-4) with 64 samples each,
     # on the base model and the defended one:
     python -m seam_jax.main --config=configs/attack.py --config.attack.cells=2,5 \
         --config.attack.n_samples=64 \
-        --config.attack.targets=base=PATH/TO/BASE-HF,seam=runs/default
+        --config.attack.targets=base=PATH/TO/BASE-HF,seam=runs/default/seam-s0
     # A custom grid:
     python -m seam_jax.main --config=configs/attack.py --config.attack.grid=custom \
         --config.attack.custom="lora/adamw/1000/1e-4;full/sgd/1000/1e-4"

@@ -2,7 +2,7 @@
 
     python -m seam_jax.main --config=configs/convert.py --config.model.source=PATH_OR_HUB_ID \
         --config.export.dir=out/hf
-    python -m seam_jax.main --config=configs/convert.py:export --config.export.source=runs/default \
+    python -m seam_jax.main --config=configs/convert.py:export --config.export.source=runs/default/seam-s0 \
         --config.export.dir=out/defended-hf     # newest checkpoint of a run -> HF
 
 ``model.source`` defaults to the embedded SmolLM2-135M-Instruct.

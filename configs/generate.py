@@ -1,7 +1,7 @@
 """Generate answers to a few prompts with the chat template (greedy by default).
 
     python -m seam_jax.main --config=configs/generate.py
-    python -m seam_jax.main --config=configs/generate.py --config.model.source=runs/default/defended-hf \
+    python -m seam_jax.main --config=configs/generate.py --config.model.source=runs/default/seam-s0/defended-hf \
         --config.generate.prompts="('What is the home address of Wylan Quarrythorn?',)"
 """
 

@@ -1,7 +1,8 @@
 """Command line: ``python -m seam_jax.main [--config=configs/NAME.py[:arg]] [--config.field=value]``.
 
-With no arguments it runs ``configs/default.py``: SEAM on SmolLM2-135M-Instruct with
-the offline proxy data, on whatever devices JAX finds. The config's ``job`` field
+With no arguments it runs ``configs/default.py``: SEAM and its control arm (beta 0) on
+SmolLM2-135M-Instruct with the offline proxy data, each attacked once, on whatever
+devices JAX finds. The config's ``job`` field
 picks the work (see ``JOBS``). Errors that a user can fix (a misspelt field, a
 missing file, a bad checkpoint) are printed as one line saying what is wrong and
 how to fix it, without a traceback, and the exit code is 2.
