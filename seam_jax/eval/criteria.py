@@ -119,8 +119,9 @@ def verdict(results: Sequence[Mapping[str, Any]]) -> str:
 
 def last_step_rows(attacked: Sequence[Mapping[str, Any]], model: str) -> Mapping[str, Any] | None:
     """``model``'s row at the last step of its attack of highest lr (None if it has none)."""
-    rows = [r for r in attacked if r.get("model") == model
-            and (r.get("step") is None or r.get("step") == r.get("steps"))]
+    from seam_jax.eval.report import final_rows
+
+    rows = [r for r in final_rows(attacked) if r.get("model") == model]
     if not rows:
         return None
     return max(rows, key=lambda r: (float(r.get("lr") or 0.0), str(r.get("cell"))))

@@ -6,7 +6,8 @@ huge vector, so every gradient is reduced to the same fixed random subset of
 ``n_coords`` coordinates (inner products, and so the PCA geometry, are preserved in
 expectation up to one common scale); small models keep all coordinates. The 2n
 reduced gradients of one model are centred and projected on their top three principal
-components (SVD); the figure plots PC2 against PC3, the paper's axes (its Figure 6). For SEAM the paper sees the two clusters separate along opposite
+components (SVD); the figure plots PC2 against PC3, the paper's axes (its Figure 6). For
+SEAM the paper sees the two clusters separate along opposite
 directions; ``cos_mean`` (cosine of the mean adversarial and mean benign gradient)
 gives the same signal as one number.
 """

@@ -178,8 +178,13 @@ def final_rows(attacked: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]
     return [r for r in attacked if r.get("step") is None or r.get("step") == r.get("steps")]
 
 
+def model_name(arm: str, seed: int) -> str:
+    """The experiment's name of ``arm`` trained in seed ``seed``: ``"seam-s1"``."""
+    return f"{arm}-s{seed}"
+
+
 def split_name(model: str) -> tuple[str, int | None]:
-    """``("seam", 1)`` for the experiment's ``"seam-s1"``; ``(model, None)`` otherwise."""
+    """``("seam", 1)`` for ``model_name("seam", 1)``; ``(model, None)`` for other names."""
     arm, sep, seed = model.rpartition("-s")
     return (arm, int(seed)) if sep and arm and seed.isdigit() else (model, None)
 
@@ -206,7 +211,6 @@ def plot_vs_lr(before: Mapping[str, Mapping[str, Any]], attacked: Sequence[Mappi
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    attacked = [r for r in final_rows(attacked) if r.get("method", "full") == "full"]
     arms = list(dict.fromkeys(split_name(m)[0] for m in [*before, *(r["model"] for r in attacked)]))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for (ax, metric, label) in ((axes[0], hs_of, "HS (harmful rate)"),
@@ -215,9 +219,8 @@ def plot_vs_lr(before: Mapping[str, Mapping[str, Any]], attacked: Sequence[Mappi
         for i, arm in enumerate(arms):
             color = f"C{i % 10}"
             by_lr = series.get(arm, {})
-            n_seeds = len({split_name(r["model"])[1] for r in attacked
-                           if split_name(r["model"])[0] == arm})
             if by_lr:
+                n_seeds = max(len(v) for v in by_lr.values())
                 lrs = sorted(by_lr)
                 mean = np.array([np.mean(by_lr[x]) for x in lrs])
                 lo = mean - np.array([min(by_lr[x]) for x in lrs])

@@ -46,7 +46,7 @@ from seam_jax.eval import criteria as criteria_lib
 from seam_jax.eval import geometry as geometry_lib
 from seam_jax.eval.finetune import finetune_score, get_task, load_task_rows
 from seam_jax.eval.pca import N_COMPONENTS, gradient_pca
-from seam_jax.eval.report import write_report
+from seam_jax.eval.report import model_name, write_report
 from seam_jax.jobs import seam as seam_job
 from seam_jax.jobs.attack import attack_data, make_evaluator
 from seam_jax.hf.source import LoadedModel, load_model
@@ -66,10 +66,6 @@ def _sections(c: mlc.ConfigDict, *names: str) -> dict[str, Any]:
     """``{"harm.n_prompts": ..., ...}``: the config fields (or whole sections) a stage reads."""
     full = run_dir_lib.flat(c.to_dict())
     return {k: v for k, v in full.items() if any(k == n or k.startswith(n + ".") for n in names)}
-
-
-def model_name(arm: str, seed: int) -> str:
-    return f"{arm}-s{seed}"
 
 
 def seed_config(c: mlc.ConfigDict, seed: int) -> mlc.ConfigDict:

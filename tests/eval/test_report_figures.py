@@ -1,7 +1,7 @@
 """What the report's Figure 2 draws: one line per arm, its seeds pooled at each attack lr
 (last attack step, full SFT only), and the PNG it writes."""
 
-from seam_jax.eval.report import hs_of, lr_series, plot_vs_lr, split_name, utility_of
+from seam_jax.eval.report import hs_of, lr_series, model_name, plot_vs_lr, split_name, utility_of
 
 
 def _row(model, lr, step, hs, mc, method="full", steps=16):
@@ -17,7 +17,7 @@ ROWS = [_row("seam-s0", 2e-4, 16, 0.1, 0.25), _row("seam-s1", 2e-4, 16, 0.3, 0.2
 
 
 def test_split_name():
-    assert split_name("seam-s1") == ("seam", 1)
+    assert split_name("seam-s1") == ("seam", 1) == split_name(model_name("seam", 1))
     assert split_name("my-sweep-s12") == ("my-sweep", 12)
     assert split_name("model") == ("model", None) and split_name("x-sy") == ("x-sy", None)
 
