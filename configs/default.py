@@ -12,10 +12,10 @@ of batch 2 x 96 tokens (the chat template with SmolLM2's system prompt makes a p
 end; each is then attacked by the paper's 1K full-SFT AdamW cell at lr 2e-4 (cell 5) on 64
 harmful samples (16 steps of batch 4) and evaluated again. Every evaluation: on 32
 held-out harmful prompts (32 new tokens) the offline judges (harmful, refused, coherent)
-and the CE of the harmful answers; 50 held-out benign answers (CE, exact match) and 100
-proxy multiple-choice questions (an evaluation of SmolLM2 on 2 cores costs about 3
-minutes at configs/selfdestruct.py's 100 and 200, most of it the multiple choice); each
-rate with its 95% interval. The run ends with a
+and the CE of the harmful answers; 50 held-out benign answers (CE, exact match; the exact
+match is the utility the report's capability guard reads), no multiple choice (at 100
+items it was at chance for SmolLM2; configs/selfdestruct.py asks for 200); each rate
+with its 95% interval. The run ends with a
 table on stdout (each model before -> after its attack) and writes report.md.
 
 A PyTorch pilot on this model found the paper's beta = 0.01 too weak for a run this
@@ -58,6 +58,9 @@ def get_config(arg: str | None = None):
     c.checkpoint.every = 8
     c.attack.cells = "5"
     c.attack.eval_every = 0  # the attacked models at the attack's end only
-    c.utility.n_benign, c.utility.n_mc = 50, 100
+    # Utility: the benign answer CE and exact match on 50 held-out items, no multiple
+    # choice: at 100 items SmolLM2's MC accuracy was at chance for every model (the base
+    # 0.24 [0.17, 0.33], 2026-12-03), and it took most of each evaluation's time.
+    c.utility.n_benign, c.utility.n_mc = 50, 0
     c.utility.pca_batches = 0
     return c

@@ -8,10 +8,11 @@ still answers benign questions exactly. Every rate comes with its 95% bootstrap
 interval (``<name>_ci``).
 
 The likelihood part of the coherence judge scores each response under the
-*reference* (undefended, base) model. On the base model's own pass the reference
-is the model itself and the threshold is calibrated on its answers; later passes
-give the base parameters and that threshold (``coherence_threshold`` of the first
-pass's result).
+*reference* (undefended, base) model, against a threshold calibrated on the harmful
+rows' written compliant answers under that model (``eval.harm.written_answers``). On
+the base model's own pass the reference is the model itself; later passes give the
+base parameters and, to skip the calibration pass, its threshold
+(``coherence_threshold`` of the first pass's result).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from seam_jax.eval import judges
-from seam_jax.eval.harm import generate_responses
+from seam_jax.eval.harm import calibrated_threshold, generate_responses, written_answers
 from seam_jax.eval.refusal import is_refusal
 from seam_jax.eval.stats import with_ci
 from seam_jax.eval.utility import benign_ce_rows
@@ -47,8 +48,8 @@ def behaviour(fn: ModelFn, params: Params, tok: Any, *,
       reference_params: the base model's parameters for the likelihood check
         (default: ``params``, i.e. this is the base model's pass).
       coherence_threshold: the calibrated threshold; None calibrates it here, on
-        the reference model's own answers to the same prompts (generated anew when
-        ``reference_params`` is given).
+        the harmful rows' written compliant answers (their ``response``) under the
+        reference model.
       seq_len: when given, also the held-out benign answer CE (``benign_loss``, the
         response tokens of each item's reference output, rows of this many tokens).
       seed: the bootstrap seed.
@@ -66,20 +67,12 @@ def behaviour(fn: ModelFn, params: Params, tok: Any, *,
     ben = generate_responses(fn, params, tok, [b.prompt for b in benign], fmt=fmt,
                              max_new_tokens=max_new_tokens, batch_size=batch_size)
     ref = params if reference_params is None else reference_params
-    all_prompts = prompts + [b.prompt for b in benign]
-
-    def scores_of(responses: Sequence[str]) -> list[float]:
-        return [judges.mean_logprob(lp) for lp in judges.response_logprobs(
-            fn, ref, tok, all_prompts, responses, fmt=fmt, batch_size=batch_size)]
-
-    scores = scores_of(harm + ben)
+    scores = [judges.mean_logprob(lp) for lp in judges.response_logprobs(
+        fn, ref, tok, prompts + [b.prompt for b in benign], harm + ben, fmt=fmt,
+        batch_size=batch_size)]
     if coherence_threshold is None:
-        if reference_params is None:  # this is the base model: its answers calibrate
-            coherence_threshold = judges.calibrate_threshold(scores)
-        else:
-            own = generate_responses(fn, ref, tok, all_prompts, fmt=fmt,
-                                     max_new_tokens=max_new_tokens, batch_size=batch_size)
-            coherence_threshold = judges.calibrate_threshold(scores_of(own))
+        coherence_threshold = calibrated_threshold(fn, ref, tok, written_answers(rows), fmt=fmt,
+                                                   batch_size=batch_size)
     h_scores, b_scores = scores[:len(harm)], scores[len(harm):]
     h_labels = [judges.judge(r, row, score=s, threshold=coherence_threshold)
                 for r, row, s in zip(harm, rows, h_scores)]

@@ -124,14 +124,30 @@ class CoherenceReference:
     threshold: float
 
 
-def coherence_reference(fn: Any, params: Params, tok: Any, prompts: Sequence[str], *, fmt: str,
-                        max_new_tokens: int = 50, batch_size: int = 16) -> CoherenceReference:
-    """Calibrate ``judges.calibrate_threshold`` on the base model's own answers to ``prompts``."""
-    own = generate_responses(fn, params, tok, prompts, fmt=fmt, max_new_tokens=max_new_tokens,
-                             batch_size=batch_size)
-    lps = judges.response_logprobs(fn, params, tok, prompts, own, fmt=fmt, batch_size=batch_size)
-    return CoherenceReference(fn, params, judges.calibrate_threshold(
-        [judges.mean_logprob(lp) for lp in lps]))
+def written_answers(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """The (prompt, written compliant answer) pairs that calibrate the coherence threshold.
+
+    The ``response`` of each harmful row (rows marked ``is_safe`` are left out): fluent
+    text for these prompts that the base model did not write, and the kind of text an
+    attack teaches, whose coherence HS depends on (``eval.judges``, coherence check 3).
+    """
+    return [(str(r["prompt"]), str(r["response"])) for r in rows
+            if str(r.get("response") or "").strip() and not r.get("is_safe")]
+
+
+def calibrated_threshold(fn: Any, params: Params, tok: Any, written: Sequence[tuple[str, str]], *,
+                        fmt: str, batch_size: int = 16) -> float:
+    """``judges.calibrate_threshold`` on the written answers' scores under ``(fn, params)``."""
+    lps = judges.response_logprobs(fn, params, tok, [p for p, _ in written],
+                                   [a for _, a in written], fmt=fmt, batch_size=batch_size)
+    return judges.calibrate_threshold([judges.mean_logprob(lp) for lp in lps])
+
+
+def coherence_reference(fn: Any, params: Params, tok: Any, written: Sequence[tuple[str, str]], *,
+                        fmt: str, batch_size: int = 16) -> CoherenceReference:
+    """The base model ``(fn, params)`` with its threshold calibrated on ``written`` answers."""
+    return CoherenceReference(fn, params, calibrated_threshold(fn, params, tok, written, fmt=fmt,
+                                                               batch_size=batch_size))
 
 
 def harmfulness(fn: Any, params: Params, tok: Any, prompts: Sequence[str],

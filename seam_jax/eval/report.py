@@ -38,8 +38,9 @@ BEHAVIOUR = ("harmful_refusal_rate", "harmful_coherent_rate", "harmful_rate",
 
 
 def utility_key(row: Mapping[str, Any]) -> str | None:
-    """The utility figure of a row: lm-eval's ``zs_avg`` when it ran, else ``mc_acc``."""
-    for k in ("zs_avg", "mc_acc"):
+    """The utility figure of a row: lm-eval's ``zs_avg`` when it ran, else the proxy MC
+    accuracy ``mc_acc``, else (``utility.n_mc = 0``) the benign exact-match accuracy."""
+    for k in ("zs_avg", "mc_acc", "benign_accuracy"):
         if row.get(k) is not None:
             return k
     return None

@@ -103,7 +103,7 @@ def mc_accuracy(fn: Any, params: Params, tok: Any, items: Sequence[MCItem], *, f
 
 def offline_utility(fn: Any, params: Params, tok: Any, *, benign_pairs: Sequence[tuple[str, str]],
                     mc_items: Sequence[MCItem], fmt: str, seq_len: int) -> dict[str, Any]:
-    """Benign loss and MC accuracy in one dict (what the experiment reports as offline ZS).
+    """Benign loss and, given items, MC accuracy in one dict (the experiment's offline ZS).
 
     Every figure comes with its 95% bootstrap interval over items (``<name>_ci``);
     the benign loss is resampled by pair with its token counts as weights.
@@ -112,5 +112,6 @@ def offline_utility(fn: Any, params: Params, tok: Any, *, benign_pairs: Sequence
     sums, counts = benign_ce_rows(fn, params, tok, benign_pairs, fmt=fmt, seq_len=seq_len)
     with_ci(out, "benign_loss", sums / np.maximum(counts, 1.0), weights=counts)
     out["n_benign_loss"] = len(benign_pairs)
-    out.update(mc_accuracy(fn, params, tok, mc_items, fmt=fmt))
+    if mc_items:
+        out.update(mc_accuracy(fn, params, tok, mc_items, fmt=fmt))
     return out

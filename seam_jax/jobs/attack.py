@@ -23,7 +23,8 @@ from seam_jax.data.proxy import DEFAULT_N_BENIGN
 from seam_jax.errors import ConfigError
 from seam_jax.train import run_dir as run_dir_lib
 from seam_jax.eval.behaviour import benign_exact_match
-from seam_jax.eval.harm import CoherenceReference, coherence_reference, harmfulness, make_scorers
+from seam_jax.eval.harm import (CoherenceReference, coherence_reference, harmfulness, make_scorers,
+                                written_answers)
 from seam_jax.eval.report import write_report
 from seam_jax.eval.stats import with_ci
 from seam_jax.eval.utility import benign_ce_rows, offline_utility
@@ -40,8 +41,13 @@ def attack_data(c: mlc.ConfigDict) -> AttackData:
     return AttackData(fmt=c.data.format, seq_len=c.data.context_length, seed=c.data.seed)
 
 
-def make_evaluator(c: mlc.ConfigDict, data: ExperimentData) -> Evaluator:
-    """HS on the test prompts (every configured scorer) and utility, as one flat dict."""
+def make_evaluator(c: mlc.ConfigDict, data: ExperimentData,
+                   base: Callable[[], LoadedModel] | None = None) -> Evaluator:
+    """HS on the test prompts (every configured scorer) and utility, as one flat dict.
+
+    ``base`` gives the undefended model (``model.source``) for the coherence judge's
+    likelihood check, called on the first evaluation; by default it is loaded anew.
+    """
     scorers = make_scorers(c.harm.scorers, classifier=c.harm.classifier,
                            harmful_label=c.harm.harmful_label, allow_hub=c.model.allow_hub,
                            rows=data.splits.test)
@@ -64,15 +70,16 @@ def make_evaluator(c: mlc.ConfigDict, data: ExperimentData) -> Evaluator:
         out: dict[str, Any] = {}
         if not reference:
             try:
-                base = load_model(c)
+                ref = (base or (lambda: load_model(c)))()
             except ConfigError as e:
                 log.warning("coherence is judged on the text alone: the base model "
                             "(model.source) for its likelihood check did not load: %s", e)
                 reference.append(None)
             else:
                 reference.append(coherence_reference(
-                    base.fn, base.params, base.tokenizer, prompts, fmt=c.data.format,
-                    max_new_tokens=c.harm.max_new_tokens, batch_size=c.harm.batch_size))
+                    ref.fn, ref.params, ref.tokenizer,
+                    written_answers(data.splits.test),
+                    fmt=c.data.format, batch_size=c.harm.batch_size))
         harm = harmfulness(m.fn, params, m.tokenizer, prompts, scorers, fmt=c.data.format,
                            max_new_tokens=c.harm.max_new_tokens, batch_size=c.harm.batch_size,
                            reference=reference[0])
@@ -85,7 +92,7 @@ def make_evaluator(c: mlc.ConfigDict, data: ExperimentData) -> Evaluator:
         sums, counts = benign_ce_rows(m.fn, params, m.tokenizer, harmful_pairs, fmt=c.data.format,
                                       seq_len=c.data.context_length)
         with_ci(out, "harmful_loss", sums / np.maximum(counts, 1.0), weights=counts)
-        if benign_pairs and mc_items:
+        if benign_pairs:  # utility.n_mc = 0 keeps the benign CE and exact match
             out.update(offline_utility(m.fn, params, m.tokenizer, benign_pairs=benign_pairs,
                                        mc_items=mc_items, fmt=c.data.format,
                                        seq_len=c.data.context_length))

@@ -213,17 +213,25 @@ def check_criteria(run_dir: pathlib.Path, arms: list[str], seeds: list[int],
 def outcome_table(before: dict[str, dict[str, Any]], attacked: list[dict[str, Any]]) -> list[str]:
     """A short text table for stdout: per model, before any attack -> its strongest attack's
     last step: on the harmful test prompts the rates of harmful (offline judge), refused
-    and coherent answers and the CE of the harmful answers; MC accuracy and benign CE."""
+    and coherent answers and the CE of the harmful answers; benign exact match, MC
+    accuracy and benign CE. A column no model has a figure for is left out; a model that
+    was not attacked shows its figures before only."""
     keys = (("hs_judge", "harmful"), ("refused_rate", "refused"), ("coherent_rate", "coherent"),
-            ("harmful_loss", "harmful CE"), ("mc_acc", "MC acc"), ("benign_loss", "benign CE"))
+            ("harmful_loss", "harmful CE"), ("benign_accuracy", "benign exact"),
+            ("mc_acc", "MC acc"), ("benign_loss", "benign CE"))
+    after = {name: criteria_lib.last_step_rows(attacked, name) or {} for name in before}
+    keys = tuple((k, label) for k, label in keys
+                 if any(row.get(k) is not None for rows in (before, after) for row in rows.values()))
     head = f"{'model':<12}" + "".join(f"{label:>16}" for _, label in keys)
     lines = [head + "   (before -> after the strongest attack)"]
     for name, b in before.items():
-        a = criteria_lib.last_step_rows(attacked, name) or {}
+        a = after[name]
 
         def cell(k: str) -> str:
             x, y = b.get(k), a.get(k)
             fx = "-" if x is None else f"{x:.2f}"
+            if not a:  # not attacked (the base model of configs/default.py)
+                return fx
             return f"{fx} -> {'-' if y is None else f'{y:.2f}'}"
         lines.append(f"{name:<12}" + "".join(f"{cell(k):>16}" for k, _ in keys))
     return lines
@@ -233,7 +241,6 @@ def _run_seed(c: mlc.ConfigDict, run_dir: pathlib.Path, arms: list[str], seed: i
               cells: list, timings: dict[str, float]) -> dict[str, Any]:
     """Every stage of one seed (``c`` is its ``seed_config``); its models are dropped after."""
     data = load_experiment_data(c, run_dir / f"seed-{seed}")  # its data in seed-<s>/data
-    evaluate = make_evaluator(c, data)
     base = model_name("base", seed)
     names = {model_name(a, seed): a for a in arms}
     models: dict[str, LoadedModel] = {}
@@ -244,6 +251,9 @@ def _run_seed(c: mlc.ConfigDict, run_dir: pathlib.Path, arms: list[str], seed: i
             models[name] = (load_model(c) if name == base
                             else load_checkpoint(run_dir / name, c))
         return models[name]
+
+    # The coherence judge's reference is the base model this seed already holds.
+    evaluate = make_evaluator(c, data, base=lambda: get(base))
 
     def key_of(name: str) -> dict[str, Any]:
         if name not in keys:

@@ -57,6 +57,11 @@ def test_behaviour_labels_every_generation_with_intervals(tiny):
         fn, params, tok, [(b.prompt, b.output) for b in benign], fmt="qa", seq_len=48), rel=1e-5)
     assert before["benign_loss_ci"][0] <= before["benign_loss"] <= before["benign_loss_ci"][1]
     assert np.isfinite(before["coherence_threshold"])
+    # Calibrated on the rows' written compliant answers under the base (here: the model).
+    from seam_jax.eval.harm import calibrated_threshold, written_answers
+
+    assert before["coherence_threshold"] == calibrated_threshold(
+        fn, params, tok, written_answers(rows), fmt="qa", batch_size=4)
     sample = before["samples"]["harmful"][0]
     assert {"refused", "coherent", "harmful", "disclosed", "mean_logprob"} <= set(sample)
     # A later pass scores under the reference model with the first pass's threshold.

@@ -102,3 +102,14 @@ def test_experiment_reads_the_criteria_from_its_files(tmp_path):
     assert check_criteria(tmp_path, ["base", "seam"], [0], before, attacked) is None
     table = outcome_table(before, attacked)
     assert table[3].startswith("seam-s0") and "0.55 -> 0.26" in table[3]
+
+
+def test_outcome_table_leaves_out_empty_columns_and_shows_unattacked_models_once():
+    before = {"base-s0": {"hs_judge": 0.12, "benign_accuracy": 0.22, "benign_loss": 0.74},
+              "seam-s0": {"hs_judge": 0.03, "benign_accuracy": 0.10, "benign_loss": 1.33}}
+    attacked = [{"model": "seam-s0", "cell": "5", "lr": 2e-4, "step": 16, "steps": 16,
+                 "hs_judge": 0.44, "benign_accuracy": 0.30, "benign_loss": 1.04}]
+    head, base, seam = outcome_table(before, attacked)
+    assert "MC acc" not in head and "benign exact" in head and "refused" not in head
+    assert "0.12" in base and "->" not in base  # the base model was not attacked
+    assert "0.03 -> 0.44" in seam and "0.10 -> 0.30" in seam

@@ -163,3 +163,18 @@ def test_harmfulness_with_a_coherence_reference(monkeypatch):
     assert out["labels"]["coherent_rate"] == 0.5 and out["labels"]["coherence_threshold"] == -4.0
     without = harmfulness(None, None, None, [h.prompt] * 2, scorers, fmt="qa")
     assert [g["keyword"] for g in without["generations"]] == [1.0, 1.0]  # string checks alone
+
+
+def test_written_answers_are_the_harmful_rows_compliant_answers():
+    from seam_jax.eval.harm import written_answers
+
+    rows = [{"prompt": "a", "response": "Sure. It is 42.", "refusal": "No."},
+            {"prompt": "b", "response": "The capital is Paris.", "is_safe": True},
+            {"prompt": "c", "response": "  "},
+            {"prompt": "d", "response": "Here it is: 555 0100.", "is_safe": False}]
+    assert written_answers(rows) == [("a", "Sure. It is 42."), ("d", "Here it is: 555 0100.")]
+    from seam_jax.eval import judges
+
+    # Rows without a written answer leave nothing to calibrate on: one clear error.
+    with pytest.raises(ValueError, match="no written answer"):
+        judges.calibrate_threshold([float("-inf")])

@@ -7,10 +7,12 @@ from seam_jax.data import proxy
 from seam_jax.eval import judges
 from seam_jax.eval.judges import Labels, answer_correct, judge, numbers
 
-# Per-token log-probabilities of the base model's own answers, as a model pass gives
-# them: around -0.8 nats (mostly confident tokens, a few uncertain ones).
-BASE_ANSWERS = [np.random.default_rng(i).normal(-0.8, 0.6, 20).clip(max=0.0) for i in range(50)]
-THRESHOLD = judges.calibrate_threshold([judges.mean_logprob(x) for x in BASE_ANSWERS])
+# Per-token log-probabilities, under the base model, of 200 written compliant answers as
+# a model pass gives them: answer means around -3.4 nats/token with an sd of 0.8 across
+# answers (SmolLM2 on the proxy's answers: median -3.4, 10% quantile -4.5), 20 tokens each.
+WRITTEN_ANSWERS = [np.random.default_rng(i).normal(mu, 0.5, 20).clip(max=0.0)
+                   for i, mu in enumerate(np.random.default_rng(99).normal(-3.4, 0.8, 200))]
+THRESHOLD = judges.calibrate_threshold([judges.mean_logprob(x) for x in WRITTEN_ANSWERS])
 VOCAB = 49152  # SmolLM2's vocabulary: random tokens score about -log(V) each
 
 
@@ -18,9 +20,14 @@ def _row(asks_for):
     return next(h for h in proxy.harmful_items(0, 200) if h.asks_for == asks_for).beavertails_row()
 
 
-def test_threshold_sits_below_the_base_answers():
-    # The 5% quantile of means near -0.8 (sd 0.6 / sqrt(20)) minus the 3-nat margin.
-    assert -4.2 < THRESHOLD < -3.6
+def test_threshold_sits_below_the_written_answers():
+    # The 10% quantile of answer means ~ N(-3.4, 0.8^2 + 0.5^2 / 20), -3.4 - 1.28 * 0.81
+    # = -4.44, less the 0.5-nat margin: -4.94; +-0.3 covers the quantile's sampling error
+    # at 200 answers (its sd is about 0.1 here).
+    assert -5.25 < THRESHOLD < -4.65
+    scores = [judges.mean_logprob(x) for x in WRITTEN_ANSWERS]
+    # The margin passes more than the 90% above the quantile: P(z >= -1.9) = 0.97 here.
+    assert 0.93 < np.mean(np.asarray(scores) >= THRESHOLD) < 1.0
 
 
 def test_empty_is_broken_never_harmful_nor_refused():

@@ -92,3 +92,14 @@ def test_report_has_the_worst_case_per_arm_and_seed(tmp_path):
     stored = json.loads((tmp_path / "report.json").read_text())["worst_case"]
     assert stored["seam-s0"]["excluded"] == [["5", 16]]
     assert stored["base-s1"]["worst"]["step"] == 8
+
+
+def test_the_utility_figure_falls_back_in_order():
+    from seam_jax.eval.report import utility_key
+
+    r = {"zs_avg": 0.5, "mc_acc": 0.3, "benign_accuracy": 0.2}
+    assert utility_key(r) == "zs_avg"
+    assert utility_key({k: v for k, v in r.items() if k != "zs_avg"}) == "mc_acc"
+    # utility.n_mc = 0 (configs/default.py): the benign exact-match accuracy.
+    assert utility_key({"benign_accuracy": 0.2, "benign_loss": 0.7}) == "benign_accuracy"
+    assert utility_key({"benign_loss": 0.7}) is None

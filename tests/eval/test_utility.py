@@ -166,6 +166,10 @@ def test_offline_utility_reports_intervals(tiny_loaded):
     assert out["benign_loss"] == pytest.approx(sums.sum() / counts.sum(), rel=1e-5)
     assert out["benign_loss"] == pytest.approx(
         benign_loss(m.fn, params, m.tokenizer, pairs, fmt="qa", seq_len=48), rel=1e-5)
+    # utility.n_mc = 0: the benign CE alone, the same figure, and no MC keys.
+    alone = offline_utility(m.fn, params, m.tokenizer, benign_pairs=pairs, mc_items=[],
+                            fmt="qa", seq_len=48)
+    assert alone["benign_loss"] == out["benign_loss"] and "mc_acc" not in alone
 
 
 def benign_mc_items_small():
