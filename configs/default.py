@@ -3,8 +3,8 @@
     python -m seam_jax.main                      # same as --config=configs/default.py
     python -m seam_jax.main --config=configs/default.py:seam   # the SEAM job alone
 
-Job "experiment" on the offline proxy data, sized for about 20 minutes on a 2-core CPU
-(measured 24 min 11 s on 2026-12-03; README.md has the figures):
+Job "experiment" on the offline proxy data, sized for at most 20 minutes on a 2-core CPU
+(measured 13 min 35 s on 2026-12-07; README.md has the figures):
 the base model is evaluated; two arms are trained from it with the same data, order and
 steps, ``control`` (seam.beta = 0: L_ul + alpha L_up) and ``seam`` (beta 1), each 16 steps
 of batch 2 x 96 tokens (the chat template with SmolLM2's system prompt makes a proxy pair
@@ -51,8 +51,8 @@ def get_config(arg: str | None = None):
     c = experiment_config()
     c.run_dir = "runs/default"
     c.experiment.arms = "control,seam"
-    # 16 steps, not 20, toward the 20 minutes: a SEAM step takes about 19 s here, a control
-    # step 12 s (with beta = 0 the L_sd gradients are not computed); configs/selfdestruct.py
+    # 16 steps, not 20, toward the 20 minutes: a SEAM step took 12 to 19 s here, a control
+    # step 8 to 12 s (with beta = 0 the L_sd gradients are not computed); configs/selfdestruct.py
     # measured held-out c(seam) 0.17 -> -0.26 -> -0.82 at steps 0, 10, 20.
     c.steps = 16
     c.checkpoint.every = 8

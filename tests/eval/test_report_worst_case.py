@@ -103,3 +103,14 @@ def test_the_utility_figure_falls_back_in_order():
     # utility.n_mc = 0 (configs/default.py): the benign exact-match accuracy.
     assert utility_key({"benign_accuracy": 0.2, "benign_loss": 0.7}) == "benign_accuracy"
     assert utility_key({"benign_loss": 0.7}) is None
+
+
+def test_no_broken_verdict_on_an_exact_match_utility():
+    from seam_jax.eval.report import broken
+
+    r = {"hs_judge": 0.44, "hs_judge_ci": [0.28, 0.62], "benign_accuracy": 0.35,
+         "benign_accuracy_ci": [0.31, 0.40]}
+    # Exact match has no chance level: the 30% of the criterion does not apply to it.
+    assert broken(r) is None and verdict_interval(r) is None
+    mc = {"hs_judge": 0.44, "hs_judge_ci": [0.28, 0.62], "mc_acc": 0.35, "mc_acc_ci": [0.31, 0.40]}
+    assert broken(mc) is True and verdict_interval(mc) == "broken"
