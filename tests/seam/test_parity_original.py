@@ -100,6 +100,13 @@ def both(tmp_path_factory):
     return model, cfg, params, jb, ref, tb
 
 
+def _jit_sd(name, grad_ce, params, jb, g_a, g_b, geo, **kw):
+    """``sd_gradient`` compiled: op by op it takes tens of seconds on 2 cores; the same
+    float32 arithmetic up to XLA's reordering, round-off far under the 1e-4 compared."""
+    return jax.jit(lambda p, a, b, g: sd_gradient(name, grad_ce, p, jb["adv"], jb["bgn"], a, b,
+                                                  g, **kw))(params, g_a, g_b, geo)
+
+
 def test_losses_gradients_and_cosine_match(both):
     model, cfg, params, jb, ref, _ = both
     fn = ModelFn(cfg)
@@ -111,7 +118,7 @@ def test_losses_gradients_and_cosine_match(both):
     l_up, g_up = jax.value_and_grad(ce)(params, jb["aln"])
     assert abs(float(l_up) - ref["L_up"]) <= 1e-4 * ref["L_up"]
     assert rel(to_hf_flat(g_up, cfg, model), ref["g_up"]) < 1e-4
-    g_a, g_b = jax.grad(ce)(params, jb["adv"]), jax.grad(ce)(params, jb["bgn"])
+    g_a, g_b = jax.jit(jax.grad(ce))(params, jb["adv"]), jax.jit(jax.grad(ce))(params, jb["bgn"])
     assert rel(to_hf_flat(g_a, cfg, model), ref["g_a"]) < 1e-4
     assert rel(to_hf_flat(g_b, cfg, model), ref["g_b"]) < 1e-4
     geo = geometry(g_a, g_b)
@@ -132,11 +139,11 @@ def test_sd_gradient_estimators_match(both):
     model, cfg, params, jb, ref, _ = both
     fn = ModelFn(cfg)
     grad_ce = jax.grad(lambda p, b: masked_ce(fn, p, b))
-    g_a, g_b = grad_ce(params, jb["adv"]), grad_ce(params, jb["bgn"])
+    g_a, g_b = jax.jit(grad_ce)(params, jb["adv"]), jax.jit(grad_ce)(params, jb["bgn"])
     geo = geometry(g_a, g_b)
-    exact = sd_gradient("exact_hvp", grad_ce, params, jb["adv"], jb["bgn"], g_a, g_b, geo)
+    exact = _jit_sd("exact_hvp", grad_ce, params, jb, g_a, g_b, geo)
     assert rel(to_hf_flat(exact, cfg, model), ref["exact"]) < 1e-4
-    hf = sd_gradient("hessian_free", grad_ce, params, jb["adv"], jb["bgn"], g_a, g_b, geo, eps=1e-2)
+    hf = _jit_sd("hessian_free", grad_ce, params, jb, g_a, g_b, geo, eps=1e-2)
     assert rel(to_hf_flat(hf, cfg, model), ref["hf_1e-2"]) < 1e-4
 
 
@@ -159,9 +166,9 @@ def test_float32_noise_floor_at_paper_eps(both, capsys):
     model, cfg, params, jb, ref, _ = both
     fn = ModelFn(cfg)
     grad_ce = jax.grad(lambda p, b: masked_ce(fn, p, b))
-    g_a, g_b = grad_ce(params, jb["adv"]), grad_ce(params, jb["bgn"])
+    g_a, g_b = jax.jit(grad_ce)(params, jb["adv"]), jax.jit(grad_ce)(params, jb["bgn"])
     geo = geometry(g_a, g_b)
-    hf = sd_gradient("hessian_free", grad_ce, params, jb["adv"], jb["bgn"], g_a, g_b, geo, eps=1e-3)
+    hf = _jit_sd("hessian_free", grad_ce, params, jb, g_a, g_b, geo, eps=1e-3)
     r = rel(to_hf_flat(hf, cfg, model), ref["hf_eps"])
     print(f"hessian_free at eps=1e-3, float32, JAX vs PyTorch: {r:.2e} relative")
     assert r < 1e-2
