@@ -2,6 +2,7 @@
 
     python -m seam_jax.main --config=configs/defense_booster.py          # published hyperparameters
     python -m seam_jax.main --config=configs/defense_booster.py:cpu      # CPU-sized (minutes)
+    python -m seam_jax.main --config=configs/defense_booster.py:lora     # LoRA, as the public code
 
 Objective and update: seam_jax/defense/booster.py. Sources of the values:
 
@@ -9,15 +10,26 @@ Objective and update: seam_jax/defense/booster.py. Sources of the values:
   script/alignment/smooth_align.sh (``lamb=${1:-5}``, ``alpha=${2:-0.1}``).
 - f and h: CE on harmful prompts with refusals (``aln``, the public code's
   BeaverTails_safe alignment set) and with harmful answers (``adv``, its harmful set).
-- The public code trains LoRA adapters (lr 5e-4, AdamW, weight decay 0.1, constant
-  schedule, 20 epochs of 5000 rows, batch 10: the same script). seam_jax trains all the
-  parameters, as SEAM does and as the comparison here uses, so the optimizer is SEAM's
-  (base_config: AdamW lr 2e-5, cosine, 500 steps): LoRA's learning rate is sized for
-  adapters, not for the full weights.
+- What is trained. The public code trains LoRA adapters: train.py's first LoRA (no
+  ``--lora_folder``) has ``r=32``, ``lora_alpha=4`` (scale 1/8), ``target_modules`` q, k, v,
+  ``lora_dropout=0``, with lr 5e-4, AdamW, weight decay 0.1, constant schedule, no warmup,
+  20 epochs of 5000 rows, batch 10 (script/alignment/smooth_align.sh); the adapters are
+  merged (``merge_and_unload``) before the harmful fine-tuning. That is the setting of
+  Booster's own published numbers, and variant ``lora`` here (defense.trainable=lora with
+  those adapters and that optimizer). The comparison in this framework (the default here,
+  and the experiment's ``booster`` arm) trains all the parameters, as SEAM does, with SEAM's
+  optimizer (base_config: AdamW lr 2e-5, cosine, 500 steps): LoRA's learning rate is sized
+  for adapters, not for the full weights. Which of the two the SEAM paper's Booster runs
+  used, the project's summary of that paper (shared/SEAM.md) does not say.
 """
 
 from seam_jax.config import defense_config
 
 
+LORA = {"defense.lora_rank": 32, "defense.lora_alpha": 4.0, "defense.lora_dropout": 0.0,
+        "defense.lora_targets": "q,k,v", "optim.lr": 5e-4, "optim.weight_decay": 0.1,
+        "optim.schedule": "constant", "optim.warmup_ratio": 0.0}
+
+
 def get_config(arg: str | None = None):
-    return defense_config("booster", arg, dict(lam=5.0, alpha=0.1))
+    return defense_config("booster", arg, dict(lam=5.0, alpha=0.1), lora=LORA)

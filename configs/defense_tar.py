@@ -11,6 +11,10 @@ harmful-request setting) unless said otherwise:
   (``--adversary_lr_samples``), constant adversary schedule (``constant:1.0``).
 - tr_loss = dpo (``--tar_tamper_resistance_loss_type dpo``), dpo_beta = 0.1 (``DPOLoss(beta=0.1)``
   in ``dpo_loss_obj``, modules/objectives.py).
+- reference = base: the DPO reference log probabilities are the base model's, computed once
+  with the model as loaded, before training (``get_tar_dpo_dataloaders`` in
+  modules/dataloaders.py stores them in the batches as ``reference_chosen_logps``); here
+  the step carries a frozen copy of the base (``theta`` takes theta's instead).
 - tr_grad_scale = 0.1 (``--tar_tamper_resistance_grad_scale 0.1``), retain_scale = 1
   (``--tar_retain_scale 1.0``), use_weighting_schedule = True and schedule_lambda = 0.0625
   (``--use_weighting_schedule --schedule_lambda 0.0625``), unbounded = True (``--unbounded``).

@@ -63,16 +63,20 @@ def base_config() -> mlc.ConfigDict:
     # What the SEAM job trains (seam_jax/defense): name in defense.NAMES (seam, none = SFT on
     # the refusals, booster, vaccine, repnoise, tar); each baseline's hyperparameters in its
     # section, defaults from its public code (the sources: configs/defense_<name>.py). SEAM's
-    # own stay in c.seam.
+    # own stay in c.seam. trainable: "full" (all parameters; SEAM's only choice) or "lora"
+    # (a baseline's LoRA adapters on the frozen base, as Booster's and Vaccine's public code;
+    # rank, alpha (scale alpha/rank), dropout and targets as attack.lora_*; the values of
+    # each public code: configs/defense_booster.py, configs/defense_vaccine.py, variant lora).
     c.defense = mlc.ConfigDict(dict(
-        name="seam",
+        name="seam", trainable="full", lora_rank=8, lora_alpha=16.0, lora_dropout=0.05,
+        lora_targets="q,k,v,o,gate,up,down",
         booster=dict(lam=5.0, alpha=0.1),
         vaccine=dict(rho=5.0, norm="global"),
         repnoise=dict(alpha=1.0, beta=0.001),
         tar=dict(inner_steps=8, num_tasks=2, adversary_lrs="2e-6,2e-5,4e-5",
                  inner_weight_decay=0.01, tr_grad_scale=0.1, retain_scale=1.0,
                  use_weighting_schedule=True, schedule_lambda=0.0625, unbounded=True,
-                 tr_loss_lower_bound=-11.76, tr_loss="dpo", dpo_beta=0.1),
+                 tr_loss_lower_bound=-11.76, tr_loss="dpo", dpo_beta=0.1, reference="base"),
     ))
     c.steps = 500
     c.optim = mlc.ConfigDict(dict(
@@ -214,25 +218,31 @@ def experiment_config() -> mlc.ConfigDict:
 
 
 def defense_config(name: str, arg: str | None, hyper: dict[str, Any],
-                   run: dict[str, Any] | None = None, cpu_hyper: dict[str, Any] | None = None
-                   ) -> mlc.ConfigDict:
+                   run: dict[str, Any] | None = None, cpu_hyper: dict[str, Any] | None = None,
+                   lora: dict[str, Any] | None = None) -> mlc.ConfigDict:
     """The config of configs/defense_<name>.py: the default model on the proxy data (chat
     format), trained by defense ``name`` with ``hyper`` (its section's values) and ``run``
     (dotted top-level fields such as ``optim.lr``); variant ``cpu`` is ``cpu_size`` with
-    ``cpu_hyper`` on top."""
+    ``cpu_hyper`` on top; variant ``lora`` (where ``lora`` is given) sets those dotted
+    fields (``defense.trainable=lora``, the adapters' settings and the optimizer of the
+    public code's LoRA run)."""
     c = base_config()
     c.run_dir = f"runs/defense_{name}"
     c.model.source = "default"
     c.data.source = "proxy"
     c.data.format = "chat"
     c.defense.name = name
-    if arg not in (None, "", "cpu"):
+    variants = ("cpu", "lora") if lora else ("cpu",)
+    if arg not in (None, "", *variants):
         raise ConfigError(f"configs/defense_{name}.py:{arg}: unknown variant; the variants "
-                          f"are cpu (or none)")
+                          f"are {' or '.join(variants)} (or none)")
     _set(c, {**{f"defense.{name}.{k}": v for k, v in hyper.items()}, **(run or {})})
     if arg == "cpu":
         cpu_size(c)
         _set(c, {f"defense.{name}.{k}": v for k, v in (cpu_hyper or {}).items()})
+    if arg == "lora":
+        c.run_dir = f"runs/defense_{name}_lora"
+        _set(c, {"defense.trainable": "lora", **lora})
     return c
 
 
@@ -349,11 +359,10 @@ def _validate_export(c: mlc.ConfigDict) -> None:
         raise ConfigError(f"export.max_shard_size={e.max_shard_size!r}; give a size such as "
                           f"'2GB', '500MB' or a number of bytes")
     if e.dir and c.job in ("seam", "convert", "export"):
-        import pathlib
-
         from seam_jax.hf.export import check_target
+        from seam_jax.storage import resolve
 
-        check_target(pathlib.Path(e.dir).expanduser().resolve(), bool(e.overwrite))
+        check_target(resolve(e.dir, "export.dir"), bool(e.overwrite))
 
 
 def digest(c: mlc.ConfigDict) -> str:

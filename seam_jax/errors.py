@@ -24,9 +24,12 @@ class CorruptFileError(SeamError, ValueError):
 
 
 def read_json(path: str | os.PathLike, fix: str = "delete it to recompute it, or restore it") -> Any:
-    """The parsed JSON of ``path``; a CorruptFileError naming the file if it does not parse."""
+    """The parsed JSON of ``path`` (a local path or an ``epath.Path``, ``gs://`` included);
+    a CorruptFileError naming the file if it does not parse."""
+    from etils import epath
+
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        with epath.Path(path).open("rb") as f:
+            return json.loads(f.read().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CorruptFileError(f"{path} is not valid JSON ({e}); {fix}") from None

@@ -98,7 +98,8 @@ def run_config(c: Any) -> Any:
 
 
 def _check_dirs(c: Any) -> None:
-    """One line for a run_dir or export.dir it cannot use (object storage), before any work."""
+    """One line for a run_dir or export.dir it cannot use (a URL scheme other than gs://, or
+    gs:// without its backend installed: ``seam_jax.storage.resolve``), before any work."""
     from seam_jax.train.run_dir import resolve
 
     resolve(c.run_dir)
@@ -169,9 +170,15 @@ def _log_traceback(msg: str) -> pathlib.Path | None:
     path = _error_log
     if path is None or not path.parent.is_dir() or sys.exc_info()[0] is None:
         return None
+    head = f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} pid {os.getpid()}: {msg}\n"
     try:
+        from seam_jax import storage
+
+        if not storage.is_local(path):  # a bucket has no append: the object is rewritten
+            storage.append_text(path, head + traceback.format_exc())
+            return path
         with open(path, "a", encoding="utf-8") as f:
-            f.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} pid {os.getpid()}: {msg}\n")
+            f.write(head)
             traceback.print_exc(file=f)
     except OSError:  # a read-only or full disk: the line on stderr is what is left
         return None

@@ -153,7 +153,9 @@ class LoraFn:
     def __call__(self, params: Params, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                  positions: jax.Array | None = None, *, dropout_key: jax.Array | None = None,
                  **kw: Any) -> Output:
-        with _dropout(dropout_key):
+        with _dropout(dropout_key), contextlib.ExitStack() as stack:
+            if self.config.matmul_precision:  # as ModelFn: read while the products are traced
+                stack.enter_context(jax.default_matmul_precision(self.config.matmul_precision))
             return nnx.merge(self.graphdef, params)(input_ids, attention_mask, positions, **kw)
 
 

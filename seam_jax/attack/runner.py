@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from seam_jax import storage
 from seam_jax.attack.grid import AttackCell
 from seam_jax.attack.lora import LoraFn, init_lora, lora_objective, merge_lora
 from seam_jax.data import PairBatches, harmful_pair
@@ -56,7 +57,8 @@ def load_checkpoint(source: str | pathlib.Path, c: Any) -> LoadedModel:
     """
     from seam_jax.hf.source import load_model
 
-    path = pathlib.Path(source).expanduser()
+    # A local path, or a gs:// run or HF directory (seam_jax.storage), read from a local copy.
+    path = pathlib.Path(source).expanduser() if storage.is_local(source) else storage.Path(source)
     if (path / "config.json").is_file():
         hf_dir = path
     elif (path / "defended-hf" / "config.json").is_file():
@@ -72,6 +74,7 @@ def load_checkpoint(source: str | pathlib.Path, c: Any) -> LoadedModel:
     else:
         raise ConfigError(f"checkpoint {path} not found: give an HF directory (with config.json) "
                           f"or a seam_jax run directory (with defended-hf/ or checkpoints/)")
+    hf_dir = storage.download_dir(hf_dir)  # transformers reads local folders only
     shadow = c.copy_and_resolve_references()
     with shadow.unlocked():
         shadow.model.source = str(hf_dir)
@@ -106,7 +109,7 @@ def eval_steps(total: int, every: int) -> list[int]:
 
 def saved_steps(run_dir: pathlib.Path) -> list[int]:
     """The steps of the checkpoints in ``run_dir/checkpoints`` (Orbax names them by step)."""
-    d = pathlib.Path(run_dir) / "checkpoints"
+    d = storage.Path(run_dir) / "checkpoints"
     if not d.is_dir():
         return []
     return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit())
@@ -227,7 +230,7 @@ def _fresh_cell_dir(cell_dir: pathlib.Path, train_key: str, first_missing: int) 
         if saved_steps(cell_dir):
             log.info("attack checkpoints in %s %s: training again from step 0", cell_dir,
                      "are another attack's" if stale else f"are past step {first_missing}")
-        shutil.rmtree(cell_dir / "checkpoints", ignore_errors=True)
+        storage.rmtree(cell_dir / "checkpoints")
     cell_dir.mkdir(parents=True, exist_ok=True)
     key_file.write_text(json.dumps({"key": train_key}))
 
@@ -248,7 +251,7 @@ def sweep(models: Mapping[str, Callable[[], LoadedModel]], cells: Sequence[Attac
     twice. ``models`` maps a name to a loader, so a model whose rows are all there is
     never loaded. Returns the rows in model, cell and step order.
     """
-    out_dir = pathlib.Path(out_dir)
+    out_dir = pathlib.Path(out_dir) if storage.is_local(out_dir) else storage.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = out_dir / RESULTS_FILE
     index = result_index(read_results(results))
@@ -284,14 +287,19 @@ def sweep(models: Mapping[str, Callable[[], LoadedModel]], cells: Sequence[Attac
                        eval_at=missing, on_eval=record)
             if not keep_checkpoints:
                 # A finished cell is its result rows; its optimizer state is only disk weight.
-                shutil.rmtree(cell_dir / "checkpoints", ignore_errors=True)
+                storage.rmtree(cell_dir / "checkpoints")
             log.info("sweep: %s cell %s done", name, cell.name)
     return [index[(key, s)] for _, _, key, steps in plan for s in steps]
 
 
 def _append_line(path: pathlib.Path, line: str) -> None:
     """Append one line; a last line that a kill cut off before its newline is closed first,
-    so the new row starts a line of its own (``read_results`` skips the cut one)."""
+    so the new row starts a line of its own (``read_results`` skips the cut one). In a
+    bucket, which has no append, the object is written again."""
+    if not storage.is_local(path):
+        old = path.read_text() if path.is_file() else ""
+        storage.write_text(path, old + ("\n" if old and not old.endswith("\n") else "") + line + "\n")
+        return
     with path.open("a+b") as f:
         f.seek(0, 2)
         if f.tell() > 0:

@@ -19,10 +19,15 @@ in its harmful-request setting, ``run_tar_dpo.sh``):
 
 - ``dpo`` (the harmful-request setting): the DPO loss with beta ``dpo_beta``, refusal
   ``aln`` chosen over the compliant answer ``adv`` to the same prompts, the log
-  probabilities summed over each row's target tokens. The reference log probabilities are
-  theta's, the parameters before the attack (held constant); the public code's reference
-  is the base model, which a pure step would have to carry as a second copy of the
-  parameters.
+  probabilities summed over each row's target tokens. The reference log probabilities
+  (held constant) are, with ``reference = "base"`` (the default), the base model's, the
+  model before TAR training, as in the public code (``get_tar_dpo_dataloaders`` in
+  modules/dataloaders.py computes them once with the model as loaded and stores them in
+  the batches); with ``"theta"``, those of theta, the parameters before this step's
+  attack. The base model is the step's frozen tree (``train.step.Frozen.copy``: a second
+  copy of the parameters, not trained, not in the optimizer state, laid out like the
+  parameters, and derived again from the loaded model on resume rather than
+  checkpointed).
 - ``max_entropy`` (the paper's hazardous-knowledge setting): minus the mean entropy of the
   next-token distribution over the harmful batch's target tokens.
 
@@ -48,6 +53,7 @@ from seam_jax.seam.losses import check_batch
 from seam_jax.tree import tree_axpy, tree_scale
 
 TR_LOSSES = ("dpo", "max_entropy")
+REFERENCES = ("base", "theta")  # the DPO reference model
 SALT = 0x54415220  # "TAR ": the adversary learning rates' key, folded into the step's
 
 
@@ -65,6 +71,7 @@ class TarHyper:
     tr_loss_lower_bound: float = -11.76
     tr_loss: str = "dpo"
     dpo_beta: float = 0.1
+    reference: str = "base"
 
     def __post_init__(self) -> None:
         from seam_jax.errors import ConfigError
@@ -77,6 +84,15 @@ class TarHyper:
                               f"comma-separated learning rates > 0, e.g. '2e-6,2e-5,4e-5'")
         if self.tr_loss not in TR_LOSSES:
             raise ConfigError(f"defense.tar.tr_loss={self.tr_loss!r}; choose one of {TR_LOSSES}")
+        if self.reference not in REFERENCES:
+            raise ConfigError(f"defense.tar.reference={self.reference!r}; choose base (the model "
+                              f"before training, the public code's) or theta (the parameters "
+                              f"before each step's attack)")
+
+    @property
+    def needs_base(self) -> bool:
+        """Whether the step reads the base model (the DPO reference ``base``)."""
+        return self.tr_loss == "dpo" and self.reference == "base"
 
     def weights(self) -> jax.Array:
         """``w_k`` for k = 0..K-1."""
@@ -123,11 +139,18 @@ def adversary_lrs(hp: TarHyper, batches: dict) -> jax.Array:
     return lrs[idx]
 
 
-def tar_gradient(fn: ModelFn, params: Params, batches: dict, hp: TarHyper
-                 ) -> tuple[Params, dict[str, jax.Array]]:
+def tar_gradient(fn: ModelFn, params: Params, batches: dict, hp: TarHyper,
+                 base: Params | None = None) -> tuple[Params, dict[str, jax.Array]]:
+    """The TAR update at ``params``; ``base``: the base model's parameters, the DPO reference
+    when ``hp.needs_base`` (the step's frozen tree)."""
     adv, aln, bgn = batches["adv"], batches["aln"], batches["bgn"]
+    if hp.needs_base != (base is not None):
+        raise ValueError(f"tar_gradient: reference={hp.reference!r}, tr_loss={hp.tr_loss!r} "
+                         f"{'needs' if hp.needs_base else 'takes no'} base parameters")
     if hp.tr_loss == "dpo":
-        ref = jax.lax.stop_gradient((sequence_logps(fn, params, aln), sequence_logps(fn, params, adv)))
+        ref_params = params if base is None else base
+        ref = jax.lax.stop_gradient((sequence_logps(fn, ref_params, aln),
+                                     sequence_logps(fn, ref_params, adv)))
         tr = lambda p: dpo_loss(fn, p, aln, adv, ref, hp.dpo_beta)
     else:
         tr = lambda p: entropy_loss(fn, p, adv)

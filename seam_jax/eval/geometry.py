@@ -22,12 +22,13 @@ from __future__ import annotations
 import functools
 import json
 import math
-import pathlib
+import os
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from seam_jax import storage
 from seam_jax.data import PairBatches, benign_pair, harmful_pair
 from seam_jax.model.api import ModelFn, Params
 from seam_jax.seam.losses import masked_ce
@@ -113,26 +114,26 @@ def heldout_pairs(tokenizer: Any, harmful_rows: Sequence[dict], benign_rows: Seq
     return [(adv.batch_at(i), bgn.batch_at(i)) for i in range(n)]
 
 
-def append_record(path: pathlib.Path, step: int, record: dict[str, Any]) -> dict[str, Any]:
+def append_record(path: os.PathLike, step: int, record: dict[str, Any]) -> dict[str, Any]:
     """Append ``{"step": step, **record}`` as one JSON line to ``path``; return it.
 
     Rows already there with a step >= ``step`` are dropped first: after a resume from the
     checkpoint at step k, the killed run's rows past k are replaced, not duplicated."""
     row = {"step": int(step), **record}
     kept = [r for r in read_records(path) if r["step"] < row["step"]]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept + [row]))
-    tmp.replace(path)  # a kill mid-write leaves the old file or the new one, never half of one
+    # A kill mid-write leaves the old file or the new one, never half of one.
+    storage.write_text(path, "".join(json.dumps(r) + "\n" for r in kept + [row]))
     return row
 
 
-def read_records(path: pathlib.Path) -> list[dict[str, Any]]:
+def read_records(path: os.PathLike) -> list[dict[str, Any]]:
+    path = storage.Path(path)
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot(records: Sequence[dict[str, Any]], path: pathlib.Path) -> pathlib.Path | None:
+def plot(records: Sequence[dict[str, Any]], path: os.PathLike) -> os.PathLike | None:
     """``c`` and both norms against the step (two panels), to ``path`` (PNG); None if no rows."""
     rows = sorted((r for r in records if math.isfinite(r.get("cos", math.nan))), key=lambda r: r["step"])
     if not rows:
@@ -156,7 +157,8 @@ def plot(records: Sequence[dict[str, Any]], path: pathlib.Path) -> pathlib.Path 
     ax_n.legend(fontsize=8)
     fig.suptitle(f"held-out geometry ({rows[-1]['n_pairs']} batch pairs)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with storage.local_file(path) as out:  # in a bucket: a local file, then uploaded
+        fig.savefig(out, dpi=110)
     plt.close(fig)
     return path
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from seam_jax import storage
 from seam_jax.model.api import Params
 from seam_jax.seam.losses import masked_ce
 
@@ -124,6 +125,7 @@ def plot_pca(result: Mapping[str, Mapping[str, Any]], path: pathlib.Path) -> pat
         ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with storage.local_file(path) as out:  # in a bucket: a local file, then uploaded
+        fig.savefig(out, dpi=120)
     plt.close(fig)
     return path

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from safetensors.numpy import save_file
 
+from seam_jax import storage
 from seam_jax.hf.files import check_target, write_model_dir
 from seam_jax.hf.keymap import entries, get_path
 from seam_jax.model.api import ModelFn, Params
@@ -54,7 +55,9 @@ def export_hf(
     every process calls it: parameters sharded across processes are gathered one at a
     time, and process 0 alone writes the files.
     """
-    out = pathlib.Path(out_dir)  # the jobs resolve export.dir (train.run_dir.resolve)
+    # The jobs resolve export.dir (seam_jax.storage.resolve): a local path, or gs:// (then
+    # write_model_dir stages the files locally and copies them up).
+    out = pathlib.Path(out_dir) if storage.is_local(out_dir) else storage.Path(out_dir)
     fn = ModelFn(cfg)
     if jax.process_index() != 0:
         seen: set[tuple[str, ...]] = set()

@@ -10,6 +10,12 @@ leaves a half-written model, and then puts the files in place:
   have (say, shards of a larger ``max_shard_size``) are removed. Nothing else is
   touched: a target that holds a file an export does not write, or any subdirectory,
   is refused before any work (``check_target``), so no user file is ever deleted.
+
+A target in a bucket (``gs://``, ``seam_jax.storage``) is checked by the same rule. The
+files are staged in a local temporary folder (safetensors and tokenizers write local
+files) and then copied up one object at a time, ``config.json`` removed first and
+written last: while the copy runs the target is not a loadable model (``is_hf_dir``),
+and a copy cut short leaves it so, never a model mixing two exports.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import shutil
 import tempfile
 from typing import Iterator
 
+from seam_jax import storage
 from seam_jax.hf.errors import ConversionError
 
 # What an HF model directory written by seam_jax, transformers or the GGUF converter holds:
@@ -47,7 +54,7 @@ def is_hf_dir(path: pathlib.Path) -> bool:
 
 
 def _is_export_file(p: pathlib.Path) -> bool:
-    return p.is_file() and not p.is_symlink() and any(
+    return p.is_file() and not (storage.is_local(p) and os.path.islink(p)) and any(
         fnmatch.fnmatchcase(p.name, pat) for pat in EXPORT_FILES)
 
 
@@ -99,6 +106,10 @@ def write_model_dir(out: pathlib.Path, *, overwrite: bool) -> Iterator[pathlib.P
     On any error (or KeyboardInterrupt) the staging directory is removed and ``out`` is
     left as it was.
     """
+    if not storage.is_local(out):
+        with _write_remote(storage.Path(out), overwrite) as tmp:
+            yield tmp
+        return
     out = pathlib.Path(out)
     check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -134,3 +145,26 @@ def _install(tmp: pathlib.Path, out: pathlib.Path, overwrite: bool) -> None:
         if p.name not in new and _is_export_file(p):
             p.unlink()
     _fsync(out)
+
+
+@contextlib.contextmanager
+def _write_remote(out: storage.Path, overwrite: bool) -> Iterator[pathlib.Path]:
+    """``write_model_dir`` for a target in a bucket (module docstring)."""
+    check_target(out, overwrite)
+    tmp = storage.stage_dir(prefix=f"seam_jax-{out.name}.partial-")
+    try:
+        yield tmp
+        check_target(out, overwrite)  # it may have changed while the files were written
+        files = sorted(p.name for p in tmp.iterdir())
+        old = [p for p in out.iterdir() if _is_export_file(p)] if out.is_dir() else []
+        (out / "config.json").unlink(missing_ok=True)
+        for name in files:
+            if name != "config.json":
+                storage.copy_file(tmp / name, out / name)
+        for p in old:
+            if p.name not in files:
+                p.unlink(missing_ok=True)
+        if "config.json" in files:
+            storage.copy_file(tmp / "config.json", out / "config.json")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -21,6 +21,7 @@ from seam_jax.attack.runner import AttackData, load_checkpoint, sweep
 from seam_jax.data import benign_mc_items, harmful_pair
 from seam_jax.data.proxy import DEFAULT_N_BENIGN
 from seam_jax.errors import ConfigError
+from seam_jax import storage
 from seam_jax.train import run_dir as run_dir_lib
 from seam_jax.eval.behaviour import benign_exact_match
 from seam_jax.eval.harm import (CoherenceReference, coherence_reference, harmfulness, make_scorers,
@@ -133,7 +134,8 @@ def targets(c: mlc.ConfigDict) -> dict[str, Callable[[], LoadedModel]]:
         name, sep, path = part.partition("=")
         if not sep or not name.strip() or not path.strip():
             raise ConfigError(f"attack.targets entry {part!r}; write name=path")
-        p = pathlib.Path(path.strip()).expanduser()
+        p = (pathlib.Path(path.strip()).expanduser() if storage.is_local(path.strip())
+             else storage.resolve(path.strip(), "attack.targets"))
         if not p.exists():
             raise ConfigError(f"checkpoint {p} not found (attack.targets {name.strip()!r})")
         out[name.strip()] = lambda p=p: load_checkpoint(p, c)
@@ -146,7 +148,7 @@ def run(c: mlc.ConfigDict) -> list[dict[str, Any]]:
     cells = grid_lib.from_config(c.attack)
     models = targets(c)  # checks paths before any heavy work
     data = load_experiment_data(c, run_dir)
-    out_dir = pathlib.Path(c.attack.out_dir or run_dir / "attacks")
+    out_dir = storage.Path(c.attack.out_dir or run_dir / "attacks")  # local or gs://
     rows = sweep(models, cells, data.splits.attack, out_dir, make_evaluator(c, data),
                  attack_data(c), keep_checkpoints=c.attack.keep_checkpoints, progress=c.progress,
                  checkpoint_every=c.attack.checkpoint_every, eval_every=c.attack.eval_every,

@@ -4,7 +4,9 @@
 write it back as an HF directory at ``export.dir`` (GGUF -> HF, re-sharding,
 dtype change). ``job=export``: take the params of a seam_jax run's newest Orbax
 checkpoint (``export.source``, a run directory) and write them as an HF directory,
-with the architecture and tokenizer of ``model.source``.
+with the architecture and tokenizer of ``model.source``. A run that trained LoRA adapters
+(``defense.trainable=lora``; give its ``defense.name`` and ``defense.lora_*`` too) checkpoints the adapters
+alone: they are merged into ``model.source``'s weights (``defense.checkpoint_target``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,11 @@ def run(c: mlc.ConfigDict) -> pathlib.Path:
     m = load_model(c)
     params = m.params
     if c.job == "export":
-        params = restore_params(c, m.params)
+        from seam_jax.defense import checkpoint_target
+
+        # A LoRA defense run checkpoints its adapters: merged into the base here.
+        like, to_model = checkpoint_target(c, m.fn, m.params)
+        params = to_model(restore_params(c, like))
     out = export_hf(params, m.cfg, target, tokenizer=m.tokenizer, dtype=c.export.dtype or None,
                     max_shard_size=c.export.max_shard_size, overwrite=c.export.overwrite)
     log.info("wrote %s", out)

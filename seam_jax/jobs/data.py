@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import pathlib
 from typing import Any
 
 import ml_collections as mlc
 
+from seam_jax import storage
 from seam_jax.data import (
     SeamBatches, SeamSplits, build_splits, load_rows, write_proxy,
 )
@@ -27,13 +29,20 @@ class ExperimentData:
     files: dict[str, pathlib.Path | str]
 
 
-def load_experiment_data(c: mlc.ConfigDict, run_dir: pathlib.Path) -> ExperimentData:
+def load_experiment_data(c: mlc.ConfigDict, run_dir: os.PathLike) -> ExperimentData:
     d = c.data
     if d.source == "proxy":
         n_harmful = d.n_defense + d.n_attack
-        files = write_proxy(run_dir / "data", d.seed, n_harmful=n_harmful,
-                            n_benign=DEFAULT_N_BENIGN, n_test=max(d.n_test, 1))
-        splits_kw = dict(harmful_split="train", benign_split="train", test_split="train")
+        # RUN/data; in a bucket the files are written locally, read there and uploaded.
+        import jax
+
+        with storage.local_dir(storage.Path(run_dir) / "data",
+                               upload_files=jax.process_index() == 0) as where:
+            files = write_proxy(where, d.seed, n_harmful=n_harmful,
+                                n_benign=DEFAULT_N_BENIGN, n_test=max(d.n_test, 1))
+            rows = _rows(files, dict(harmful_split="train", benign_split="train",
+                                     test_split="train"))
+        files = {k: storage.Path(run_dir) / "data" / p.name for k, p in files.items()}
         benign_eval = benign_eval_items(d.seed, max(c.eval.n_prompts, c.utility.n_benign),
                                         n_train=DEFAULT_N_BENIGN)
     elif d.source == "files":
@@ -42,17 +51,21 @@ def load_experiment_data(c: mlc.ConfigDict, run_dir: pathlib.Path) -> Experiment
             raise ConfigError(f"data.source='files' needs data.{', data.'.join(missing)} "
                               f"(a local file or a hub id each)")
         files = {"harmful": d.harmful, "benign": d.benign, "test": d.test}
-        splits_kw = dict(harmful_split=d.harmful_split, benign_split=d.benign_split,
-                         test_split=d.test_split)
+        rows = _rows(files, dict(harmful_split=d.harmful_split, benign_split=d.benign_split,
+                                 test_split=d.test_split))
         benign_eval = []
     else:
         raise ConfigError(f"data.source={d.source!r}; choose 'proxy' or 'files'")
-    harmful = load_rows(files["harmful"], "refusal", split=splits_kw["harmful_split"])
-    benign = load_rows(files["benign"], "alpaca", split=splits_kw["benign_split"])
-    test = load_rows(files["test"], "beavertails", split=splits_kw["test_split"])
+    harmful, benign, test = rows
     splits = build_splits(harmful, test, n_defense=d.n_defense, n_attack=d.n_attack,
                           n_test=d.n_test, seed=d.seed)
     return ExperimentData(splits, benign, benign_eval, files)
+
+
+def _rows(files: dict[str, Any], splits_kw: dict[str, str]) -> tuple[list, list, list]:
+    return (load_rows(files["harmful"], "refusal", split=splits_kw["harmful_split"]),
+            load_rows(files["benign"], "alpaca", split=splits_kw["benign_split"]),
+            load_rows(files["test"], "beavertails", split=splits_kw["test_split"]))
 
 
 def seam_batches(c: mlc.ConfigDict, tok: Any, data: ExperimentData) -> SeamBatches:

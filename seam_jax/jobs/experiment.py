@@ -37,6 +37,7 @@ from typing import Any
 import ml_collections as mlc
 
 from seam_jax import config as config_lib
+from seam_jax import storage
 from seam_jax.errors import read_json
 from seam_jax.attack import grid as grid_lib
 from seam_jax.attack.runner import load_checkpoint, sweep
@@ -288,7 +289,7 @@ def _run_seed(c: mlc.ConfigDict, run_dir: pathlib.Path, arms: list[str], seed: i
                             **timed("fs", lambda: fine_tuning_scores(c, run_dir, get(name), name))}
     attacked = timed("attacks", lambda: sweep(
         {n: (lambda n=n: get(n)) for n in names}, cells, data.splits.attack,
-        pathlib.Path(c.attack.out_dir or run_dir / "attacks"), evaluate, attack_data(c),
+        storage.Path(c.attack.out_dir or run_dir / "attacks"), evaluate, attack_data(c),
         keep_checkpoints=c.attack.keep_checkpoints, progress=c.progress,
         checkpoint_every=c.attack.checkpoint_every, eval_every=c.attack.eval_every,
         model_keys={n: key_of(n) for n in names}, eval_key=eval_fields))

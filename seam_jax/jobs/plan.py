@@ -81,7 +81,7 @@ def step_spec(c: mlc.ConfigDict) -> Any:
                     batch_size=int(c.data.batch_size), seq_len=int(c.data.context_length),
                     step=plan_config(c).step, seed=int(c.seed), steps=int(c.steps),
                     objective=lambda fn: defense_lib.objective(c, fn),
-                    batch_keys=d.batch_keys, seeded=d.seeded)
+                    batch_keys=d.batch_keys, seeded=defense_lib.seeded(c))
 
 
 def run(c: mlc.ConfigDict) -> dict[str, Any]:

@@ -42,8 +42,9 @@ def train_step(c: mlc.ConfigDict, fn: ModelFn, setup: Any = None) -> TrainStep:
     on ``setup``'s mesh if given (a ``parallel.sharded.ShardedSetup``). The plan job
     compiles this same program (``parallel.plan.lower_step``)."""
     optimizer, schedule = optimizer_for(OptimConfig(**c.optim.to_dict()), int(c.steps))
-    layout = setup.layout(fn, optimizer) if setup is not None else None
-    return build_step(defense_lib.objective(c, fn), optimizer, schedule, layout=layout)
+    objective = defense_lib.objective(c, fn)
+    layout = setup.layout(fn, optimizer, objective.frozen) if setup is not None else None
+    return build_step(objective, optimizer, schedule, layout=layout)
 
 
 def empty_hint(c: mlc.ConfigDict, batches: Any, n_rows: dict[str, int]) -> str:
@@ -159,17 +160,18 @@ def _run(c: mlc.ConfigDict, run_dir: pathlib.Path) -> dict[str, Any]:
         if not any(r["step"] == 0 for r in geometry_lib.read_records(geo_path)):
             geo_path.unlink(missing_ok=True)
             record_geometry(0, m.params)
+    step_fn = train_step(c, m.fn, setup)
     on_state = None
     if geo_pairs and every > 0:
         def on_state(step: int, st: Any) -> None:
             if step % every == 0 and step != int(c.steps):  # the end row is written below
-                record_geometry(step, st["params"])
+                record_geometry(step, step_fn.model_params(st))
     source, place = defense_lib.source(c, batches), None
     if setup is not None:
         source, place = setup.local_source(source), setup.batch_to_global
     # The step donates its state: m.params are not used after this.
     state = run_loop(
-        m.params, train_step(c, m.fn, setup), source,
+        m.params, step_fn, source,
         LoopConfig(steps=c.steps, run_dir=run_dir, seed=c.seed,
                    desc="SEAM" if defense.name == "seam" else defense.name,
                    checkpoint=CheckpointConfig(**c.checkpoint.to_dict()),
@@ -177,7 +179,7 @@ def _run(c: mlc.ConfigDict, run_dir: pathlib.Path) -> dict[str, Any]:
                    empty_hint=hint),
         meta={"config_digest": summary["config_digest"]}, place_batch=place, on_state=on_state,
     )
-    params = state["params"]
+    params = step_fn.model_params(state)  # LoRA: the adapters merged into the base
     if geo_pairs:
         row = record_geometry(int(c.steps), params)
         geometry_lib.plot(geometry_lib.read_records(geo_path), run_dir / "heldout_geometry.png")

@@ -37,7 +37,9 @@ def _run_dir(c: mlc.ConfigDict) -> pathlib.Path:
 
 
 def _outputs(where: Any, names: Sequence[str]) -> str:
-    where = pathlib.Path(where)
+    from seam_jax.storage import Path
+
+    where = Path(where)  # a local path or gs:// (seam_jax.storage)
     present = [n for n in names if (where / n.rstrip("/")).exists()]
     return f"outputs: {where}" + (f" ({', '.join(present)})" if present else "")
 
@@ -115,7 +117,9 @@ def _attack_rows(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _attack(c: mlc.ConfigDict, rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    out_dir = pathlib.Path(c.attack.out_dir or _run_dir(c) / "attacks")
+    from seam_jax.storage import Path
+
+    out_dir = Path(c.attack.out_dir or _run_dir(c) / "attacks")
     return [f"{len(rows)} attacked checkpoints", *_attack_rows(rows),
             _outputs(out_dir, ["results.jsonl", "report.md"])]
 

@@ -154,8 +154,9 @@ def lower_step(spec: StepSpec, mesh_cfg: MeshConfig, devices: list[jax.Device]
     rules = Rules.preset(mesh_cfg.rules, mesh)
     fn = ModelFn(spec.model)
     optimizer, schedule = optimizer_for(spec.optim, spec.steps)
-    layout = sharded.step_layout(fn, optimizer, rules, spec.batch_size)
-    step = build_step(objective_for(spec, fn), optimizer, schedule, layout=layout)
+    objective = objective_for(spec, fn)
+    layout = sharded.step_layout(fn, optimizer, rules, spec.batch_size, objective.frozen)
+    step = build_step(objective, optimizer, schedule, layout=layout)
     state = step.abstract_state(fn.abstract_params, spec.seed)
     return step.lower(state, abstract_step_batches(spec, rules)), step, rules, state
 

@@ -40,7 +40,7 @@ from seam_jax.model.api import ModelFn, Params
 from seam_jax.model.config import ModelConfig
 from seam_jax.parallel.mesh import MeshConfig, make_mesh
 from seam_jax.parallel.rules import Rules, ShardingError
-from seam_jax.train.step import State, StepLayout, init_state, replicated
+from seam_jax.train.step import Frozen, State, StepLayout, initial_state, replicated
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,21 @@ def param_shardings(fn: ModelFn, rules: Rules) -> Params:
     return rules.param_shardings(fn.abstract_params, fn.logical_axes)
 
 
-def state_shardings(abstract_state: State, params_sharding: Params, mesh: Mesh) -> State:
+def state_shardings(abstract_state: State, params_sharding: Params, mesh: Mesh,
+                    model_params: Params | None = None) -> State:
     """Shardings for a train state: parameters as given, optimizer leaves like their parameter.
 
     An optimizer leaf mirrors a parameter when its tree path ends with that parameter's
     path and it has its shape (optax's ``mu``, ``nu``, ``MultiSteps.acc_grads``, ...);
-    every other leaf (counts, the RNG, scalars) is replicated.
+    every other leaf (counts, the RNG, scalars) is replicated. A frozen tree
+    (``train.step.Frozen``) is laid out the same way: its leaves that are the model's
+    parameters take their sharding. ``model_params``: the model's abstract parameters, the
+    tree ``params_sharding`` lays out (default: the state's ``params``); when the trained
+    ``params`` are not the model's (LoRA's adapters), they too follow it by path, so what no
+    parameter mirrors (the adapters, small) is replicated.
     """
-    flat_params = jax.tree_util.tree_flatten_with_path(abstract_state["params"])[0]
+    model_params = abstract_state["params"] if model_params is None else model_params
+    flat_params = jax.tree_util.tree_flatten_with_path(model_params)[0]
     flat_sh = jax.tree.leaves(params_sharding)
     by_path = {_keys(path): (tuple(leaf.shape), sh) for (path, leaf), sh in zip(flat_params, flat_sh)}
     depth = max(len(k) for k in by_path)
@@ -74,17 +81,20 @@ def state_shardings(abstract_state: State, params_sharding: Params, mesh: Mesh) 
         return replicated(mesh)
 
     out = jax.tree_util.tree_map_with_path(one, abstract_state)
-    out["params"] = params_sharding
+    if jax.tree.structure(abstract_state["params"]) == jax.tree.structure(params_sharding):
+        out["params"] = params_sharding
     return out
 
 
 def step_layout(fn: ModelFn, optimizer: optax.GradientTransformation, rules: Rules,
-                global_rows: int) -> StepLayout:
+                global_rows: int, frozen: Frozen | None = None) -> StepLayout:
     """The layout of ``fn``'s train step under ``optimizer`` on ``rules.mesh`` (for
-    ``train.step.build_step``), with global batches of ``global_rows`` rows."""
+    ``train.step.build_step``), with global batches of ``global_rows`` rows; ``frozen``:
+    the objective's (``Objective.frozen``), whose state also holds a frozen tree."""
     params_sh = param_shardings(fn, rules)
-    shapes = jax.eval_shape(lambda p: init_state(p, optimizer, 0), fn.abstract_params)
-    return StepLayout(mesh=rules.mesh, state=state_shardings(shapes, params_sh, rules.mesh),
+    shapes = jax.eval_shape(lambda p: initial_state(p, optimizer, 0, frozen), fn.abstract_params)
+    return StepLayout(mesh=rules.mesh,
+                      state=state_shardings(shapes, params_sh, rules.mesh, fn.abstract_params),
                       batch=batch_sharding(rules, global_rows), constrain=rules.constrain)
 
 
@@ -141,9 +151,10 @@ class ShardedSetup:
         """``cfg -> shardings`` for the model loader (``ModelFn.init`` / ``hf.load.load_hf``)."""
         return param_shardings(ModelFn(cfg), self.rules)
 
-    def layout(self, fn: ModelFn, optimizer: optax.GradientTransformation) -> StepLayout:
+    def layout(self, fn: ModelFn, optimizer: optax.GradientTransformation,
+               frozen: Frozen | None = None) -> StepLayout:
         """The step layout for ``train.step.build_step`` (``step_layout``)."""
-        return step_layout(fn, optimizer, self.rules, self.global_rows)
+        return step_layout(fn, optimizer, self.rules, self.global_rows, frozen)
 
     def local_source(self, source: Any) -> Any:
         """``source`` with ``batch_at(step)`` giving this host's rows of the global batch."""

@@ -33,6 +33,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from seam_jax import storage
+
 log = logging.getLogger(__name__)
 
 FACTOR = 2.0  # "dominates": at least twice the other term
@@ -218,7 +220,7 @@ def _f(x: Any) -> str:
 
 # ----------------------------------------------------------------- files
 def write_csv(records: list[dict[str, Any]], path: pathlib.Path) -> None:
-    with open(path, "w", newline="") as f:
+    with storage.local_file(path) as local_path, open(local_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
         for r in records:
@@ -315,5 +317,6 @@ def plot(records: list[dict[str, Any]], analysis: dict[str, dict[str, Any]],
         fig.suptitle(textwrap.fill(title, 90), fontsize=10)
     rows = -(-len(labels) // ncol)
     fig.tight_layout(rect=(0, min(0.05 * rows + 0.02, 0.35), 1, 1))
-    fig.savefig(path, dpi=120, bbox_inches="tight")  # nothing clipped at the edges
+    with storage.local_file(path) as out:  # in a bucket: a local file, then uploaded
+        fig.savefig(out, dpi=120, bbox_inches="tight")  # nothing clipped at the edges
     plt.close(fig)

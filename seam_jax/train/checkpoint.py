@@ -31,6 +31,12 @@ temporary directory (Orbax ignores it; the previous step is used), finalized wit
 ``seam_sha256.json`` (killed between the finalize and the hash, or written by an
 older seam_jax: Orbax's finalize vouches that it is whole, so it is used, unverified,
 with one warning line), or finalized with a whole ``seam_sha256.json`` (verified).
+
+The directory is an ``epath.Path`` (``seam_jax.storage``): local, or in a ``gs://``
+bucket, where Orbax writes the arrays through TensorStore's GCS driver and marks a
+finished step with its ``commit_success.txt`` instead of a rename. There the checksum
+file is one object write (whole or absent, as the rename makes it locally), and hashing
+reads every file of the step back from the bucket once at save and once at restore.
 """
 
 from __future__ import annotations
@@ -40,7 +46,6 @@ import hashlib
 import json
 import logging
 import os
-import pathlib
 import time
 from typing import Any
 
@@ -48,6 +53,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from seam_jax import storage
 from seam_jax.errors import SeamError
 
 log = logging.getLogger(__name__)
@@ -116,26 +122,29 @@ SUMS = "seam_sha256.json"
 _CHUNK = 1 << 22  # read files 4 MiB at a time when hashing
 
 
-def _file_sha256(path: pathlib.Path) -> str:
+def _file_sha256(path: storage.Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.Path(path).open("rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
 
 
-def _files_of(step_dir: pathlib.Path) -> list[pathlib.Path]:
-    return sorted(p for p in step_dir.rglob("*")
-                  if p.is_file() and p.name != SUMS and not p.name.startswith(SUMS + "."))
+def _files_of(step_dir: storage.Path) -> list[tuple[str, storage.Path]]:
+    return [(rel, p) for rel, p in storage.files_under(step_dir)
+            if p.name != SUMS and not p.name.startswith(SUMS + ".")]
 
 
-def write_sums(step_dir: str | pathlib.Path) -> pathlib.Path:
+def write_sums(step_dir: str | os.PathLike) -> storage.Path:
     """Hash every file of a finalized step directory into ``<step_dir>/seam_sha256.json``,
-    atomically (temporary file, fsync, ``os.replace``)."""
-    step_dir = pathlib.Path(step_dir)
-    files = {p.relative_to(step_dir).as_posix(): {"size": p.stat().st_size, "sha256": _file_sha256(p)}
-             for p in _files_of(step_dir)}
+    atomically (temporary file, fsync, ``os.replace``; in a bucket, one object write)."""
+    step_dir = storage.Path(step_dir)
+    files = {rel: {"size": storage.size(p), "sha256": _file_sha256(p)}
+             for rel, p in _files_of(step_dir)}
     out = step_dir / SUMS
+    if not storage.is_local(step_dir):
+        out.write_text(json.dumps({"version": 1, "files": files}, indent=1, sort_keys=True))
+        return out
     tmp = step_dir / f"{SUMS}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump({"version": 1, "files": files}, f, indent=1, sort_keys=True)
@@ -161,11 +170,11 @@ class MissingCheckpointFile(ChecksumMismatch):
     """A file listed in ``seam_sha256.json`` that is not there."""
 
 
-def check_sums(step_dir: str | pathlib.Path) -> bool:
+def check_sums(step_dir: str | os.PathLike) -> bool:
     """True when ``step_dir`` has a ``seam_sha256.json`` and every file it lists is there
     with that size and sha256; False when it has none (nothing to check against).
     Raises ``ChecksumMismatch`` naming the first file that differs."""
-    step_dir = pathlib.Path(step_dir)
+    step_dir = storage.Path(step_dir)
     sums = step_dir / SUMS
     if not sums.is_file():
         return False
@@ -177,7 +186,7 @@ def check_sums(step_dir: str | pathlib.Path) -> bool:
         path = step_dir / rel
         if not path.is_file():
             raise MissingCheckpointFile(f"{rel} is missing")
-        size = path.stat().st_size
+        size = storage.size(path)
         if size != want["size"]:
             raise ChecksumMismatch(f"{rel} has {size} bytes, {want['size']} were saved")
         if _file_sha256(path) != want["sha256"]:
@@ -186,7 +195,7 @@ def check_sums(step_dir: str | pathlib.Path) -> bool:
 
 
 class Checkpointer:
-    def __init__(self, directory: str | pathlib.Path, cfg: CheckpointConfig) -> None:
+    def __init__(self, directory: str | os.PathLike, cfg: CheckpointConfig) -> None:
         from seam_jax.train.run_dir import resolve
 
         self.directory = resolve(directory, "checkpoint directory")
@@ -300,7 +309,7 @@ class Checkpointer:
                     "previous one is used", step, self.directory, what, type(e).__name__,
                     reason, aside)
 
-    def _set_aside(self, step: int) -> pathlib.Path:
+    def _set_aside(self, step: int) -> storage.Path:
         """Rename an unreadable checkpoint out of the manager's sight (never delete it)."""
         src = self.directory / str(step)
         dst = self.directory / f"unreadable-{step}-{int(time.time())}"
@@ -322,7 +331,7 @@ class Checkpointer:
         self.manager.close()
 
 
-def restore_params(directory: str | pathlib.Path, like: Any, *, hint: str) -> tuple[int, Any]:
+def restore_params(directory: str | os.PathLike, like: Any, *, hint: str) -> tuple[int, Any]:
     """(step, params) of the newest readable checkpoint in ``directory``, restored into the
     shapes, dtypes and shardings of ``like`` by the one restore rule (module docstring)."""
     ckpt = Checkpointer(directory, CheckpointConfig(use_async=False))

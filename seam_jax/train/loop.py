@@ -12,6 +12,10 @@ finishes the current step, saves a checkpoint at it and raises ``Interrupted`` (
 line; a second signal exits at once); in a multi-process run every process stops at the
 same step when any one of them is signalled. A run that trains nothing stops with
 ``NothingTrained``: see ``LoopConfig.empty_first``.
+
+A state's frozen tree (``train.step.Frozen``: TAR's reference model, LoRA's base weights)
+is not checkpointed: on resume it is derived again from the ``params`` given, the model the
+job loaded, which is the one the killed run started from (run.json refuses other weights).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import dataclasses
 import io
 import logging
 import os
-import pathlib
 import signal
 import sys
 import threading
@@ -35,7 +38,7 @@ from seam_jax.model.api import Params
 from seam_jax.train.checkpoint import CheckpointConfig, Checkpointer, abstract_like
 from seam_jax.train.metrics import MetricsWriter
 from seam_jax.train.run_dir import locked
-from seam_jax.train.step import State, TrainStep
+from seam_jax.train.step import FROZEN, State, TrainStep, checkpointed
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +123,7 @@ class BatchSource(Protocol):
 @dataclasses.dataclass
 class LoopConfig:
     steps: int
-    run_dir: pathlib.Path
+    run_dir: os.PathLike  # a local path or a gs:// epath.Path (seam_jax.storage)
     seed: int = 0
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     log_every: int = 1
@@ -179,10 +182,11 @@ def _run(params: Params, step_fn: TrainStep, source: BatchSource, loop: LoopConf
          target_keys: tuple[str, ...]) -> State:
     state = step_fn.init(params, loop.seed)
     ckpt = Checkpointer(loop.run_dir / "checkpoints", loop.checkpoint)
-    restored = ckpt.restore_latest(abstract_like(state))
+    restored = ckpt.restore_latest(abstract_like(checkpointed(state)))
     start = 0
     if restored is not None:
-        start, state, saved_meta = restored
+        start, saved, saved_meta = restored
+        state = {**saved, **({FROZEN: state[FROZEN]} if FROZEN in state else {})}
         log.info("resuming from the checkpoint at step %d in %s", start, ckpt.directory)
         if meta and saved_meta.get("config_digest") not in (None, meta.get("config_digest")):
             log.warning("the checkpoint was written by a different config (digest %s, now %s)",
@@ -231,8 +235,10 @@ def _run(params: Params, step_fn: TrainStep, source: BatchSource, loop: LoopConf
             # Read once: a signal that lands between the save and the check below would
             # otherwise stop the run at a step it did not save (it stops after the next one).
             stop = signals.agreed()
-            if ckpt.save(step + 1, state, run_meta, force=step + 1 == loop.steps or stop is not None):
+            if ckpt.save(step + 1, checkpointed(state), run_meta,
+                         force=step + 1 == loop.steps or stop is not None):
                 last_good = step + 1
+                writer.sync()  # a bucket's metrics.jsonl reaches the checkpoint's step
             done_here += 1
             if stop is not None:
                 ckpt.wait()

@@ -16,6 +16,8 @@ stage results and export. Three things keep a rerun from mixing runs up:
   records the new values and what was forced).
 * **The lock** ``RUN/.lock``: an advisory ``flock`` held for the run, so that a second
   run on the same directory refuses with one line instead of training beside the first.
+  A run directory in a bucket (``gs://``) cannot hold an ``flock``: there the lock is
+  skipped with one warning line (``seam_jax.storage``).
 * **Keyed caches** (``cached``): a stage result (``eval_before.json`` and the like) is
   stored with the key of what it measured (its ``measured_for`` field) (the model's weight hash and the config it was
   measured with) and reused only for that key; another key recomputes it.
@@ -31,7 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import pathlib
 import time
 from typing import Any, Callable, Iterator
 
@@ -39,7 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seam_jax.errors import ConfigError, SeamError, read_json
+from seam_jax import storage
+from seam_jax.errors import SeamError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,9 @@ def arithmetic_config(c: Any) -> dict[str, Any]:
     if defense.get("name", "seam") != "seam":  # another defense: its name and its section
         name = defense["name"]
         fields.update(flat({"name": name, name: defense.get(name, {})}, "defense."))
+    if defense.get("trainable", "full") != "full":  # LoRA: what is trained, and its adapters
+        fields.update(flat({k: v for k, v in defense.items()
+                            if k == "trainable" or k.startswith("lora_")}, "defense."))
     return {k: v for k, v in fields.items() if k not in NOT_ARITHMETIC}
 
 
@@ -88,31 +93,9 @@ def digest_of(value: Any) -> str:
 
 # --- where a run directory is ------------------------------------------------------------
 
-def resolve(where: str | os.PathLike, field: str = "run_dir") -> pathlib.Path:
-    """The one way a job turns ``run_dir`` (or another output directory, named by ``field``)
-    into a path: ``~`` expanded, made absolute; a ``file://`` URL is its local path.
-
-    Object storage (``gs://``, ``s3://``, any other ``scheme://``) is refused with one
-    line: the run directory needs local-file semantics (the advisory lock is an ``flock``,
-    metrics are appended, exports and tokenizers are written by libraries that take a
-    local directory), so ``gs://bucket/run`` would otherwise become a local folder named
-    ``gs:``. Mount the bucket (gcsfuse, a Filestore/NFS share) and give its local path.
-    """
-    text = os.fspath(where)
-    if isinstance(text, bytes):
-        text = text.decode()
-    scheme, sep, rest = text.partition("://")
-    if sep and scheme == "file":
-        if rest and not rest.startswith("/"):  # file://host/path: only this host is known
-            raise ConfigError(f"{field}={text!r}: a file:// URL names a local path, "
-                              f"file:///absolute/path")
-        text = rest
-    elif sep and scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
-        raise ConfigError(
-            f"{field}={text!r}: a run directory on object storage ({scheme}://) is not "
-            f"supported; mount it (gcsfuse, Filestore/NFS) and give the mounted local path, "
-            f"e.g. --config.{field}=/mnt/bucket/run")
-    return pathlib.Path(text).expanduser().resolve()
+# The one conversion of ``run_dir`` (and any other output location) into a path: an
+# ``epath.Path``, local or ``gs://`` (seam_jax.storage).
+resolve = storage.resolve
 
 
 # --- identities -------------------------------------------------------------------------
@@ -206,7 +189,7 @@ def _listed(items: list[str], limit: int = 5) -> str:
 class Manifest:
     """The run directory's ``run.json`` as this run sees it (``open``, then ``settle``)."""
 
-    path: pathlib.Path
+    path: storage.Path
     job: str
     config: dict[str, Any]
     force: bool
@@ -216,7 +199,7 @@ class Manifest:
     def open(cls, run_dir: str | os.PathLike, c: Any, job: str) -> "Manifest":
         """Read ``RUN/run.json`` and compare its config fields with ``c``'s: a difference is
         refused (``RunDirError``) unless ``c.resume == "force"``. Nothing is written yet."""
-        path = pathlib.Path(run_dir) / MANIFEST
+        path = storage.Path(run_dir) / MANIFEST
         saved = read_json(path, fix=f"move it away (the run directory then counts as new) or "
                                     f"choose a new --config.run_dir") if path.is_file() else None
         m = cls(path, job, arithmetic_config(c), str(getattr(c, "resume", "auto")) == "force", saved)
@@ -257,14 +240,13 @@ class Manifest:
         return diffs
 
 
-def _write_json(path: pathlib.Path, value: Any) -> None:
-    """Write ``value`` as JSON through a temporary file and a rename (never half a file).
-    In a multi-process job only process 0 writes (the processes share the run directory)."""
+def _write_json(path: storage.Path, value: Any) -> None:
+    """Write ``value`` as JSON whole or not at all (``storage.write_text``: locally a
+    temporary file and a rename, in a bucket one object). In a multi-process job only
+    process 0 writes (the processes share the run directory)."""
     if jax.process_index() != 0:
         return
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=1, default=str))
-    os.replace(tmp, path)
+    storage.write_text(path, json.dumps(value, indent=1, default=str))
 
 
 # --- keyed caches -----------------------------------------------------------------------
@@ -275,7 +257,7 @@ def cached(path: str | os.PathLike, key: dict[str, Any], compute: Callable[[], A
     stored as ``{"measured_for": key, "cached_value": value}``) and read back only for the
     same ``key``; another key, or a file without one, recomputes and replaces it. A
     corrupt file is a one-line error."""
-    path = pathlib.Path(path)
+    path = storage.Path(path)
     key = json.loads(json.dumps(key, sort_keys=True, default=str))
     if path.is_file():
         stored = read_json(path)  # a corrupt one is named, not a bare JSONDecodeError
@@ -295,7 +277,7 @@ def cached(path: str | os.PathLike, key: dict[str, Any], compute: Callable[[], A
 
 # --- the lock ---------------------------------------------------------------------------
 
-_held: dict[str, Any] = {}  # resolved run_dir -> its open, locked lock file
+_held: dict[str, Any] = {}  # resolved run_dir -> its open, locked lock file (None: a bucket)
 
 
 @contextlib.contextmanager
@@ -303,7 +285,7 @@ def locked(run_dir: str | os.PathLike) -> Iterator[None]:
     """Hold the advisory lock ``RUN/.lock`` for the block; ``RunDirError`` with one line if
     another process holds it. Re-entrant within a process (a job and its training loop
     take it both). In a multi-process job only process 0 takes it (the processes share
-    the directory)."""
+    the directory). A run directory in a bucket holds no lock: one warning line says so."""
     if jax.process_index() != 0:
         yield
         return
@@ -311,6 +293,15 @@ def locked(run_dir: str | os.PathLike) -> Iterator[None]:
     name = str(d)
     if name in _held:  # this process holds it already (an outer block releases it)
         yield
+        return
+    if not storage.is_local(d):
+        log.warning("%s is in a bucket, where an flock cannot be held: no lock is taken, so "
+                    "make sure no other run uses this run_dir meanwhile", d)
+        _held[name] = None
+        try:
+            yield
+        finally:
+            del _held[name]
         return
     d.mkdir(parents=True, exist_ok=True)
     f = open(d / LOCK, "a+")

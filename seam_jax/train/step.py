@@ -15,6 +15,14 @@ An ``Objective`` is what is trained: a gradient function
 ``gradient(params, batches) -> (grads, metrics)`` and the metric names holding
 target-token counts. ``seam_objective`` and ``sft_objective`` are the two the
 project trains; ``SftSource`` is the one batch adaptor for SFT.
+
+Frozen parameters: an objective with ``frozen`` (a ``Frozen``) trains only part of what it
+reads. The state then holds, besides the trained ``params``, a ``"frozen"`` tree that the
+step passes to ``gradient(params, batches, frozen)`` and returns unchanged: no gradient,
+no optimizer state, laid out like the model's parameters (``parallel.sharded``). It is
+built from the model's parameters by ``Frozen.split`` (TAR's DPO reference: a copy of the
+base model; LoRA: the base weights under the adapters) and is not checkpointed: a resumed
+run re-derives it from the model it loads (``checkpointed``; ``train.loop``).
 """
 
 from __future__ import annotations
@@ -45,16 +53,40 @@ SFT_KEY = "train"  # the batches' key the SFT objective reads
 # (``defense.DefenseSource``): a defense that draws random numbers (RepNoise's noise,
 # TAR's adversary learning rate) keys them on it, so a resumed run draws the same ones.
 SEED_KEY = "seed"
+FROZEN = "frozen"  # the state's key of the parameters a step reads but never trains (``Frozen``)
 
 
 # ------------------------------------------------------------------ what is trained
 @dataclasses.dataclass(frozen=True)
+class Frozen:
+    """How a state holds parameters its step reads but does not train.
+
+    ``split(model_params) -> (trained, frozen)``: the state's ``params`` and ``"frozen"``
+    trees from the model's parameters (a pure function of them, so a resumed run derives
+    the same frozen tree from the same model). ``join(trained, frozen) -> model_params``:
+    the model's parameters back (what is exported and evaluated).
+    """
+
+    split: Callable[[Params], tuple[Params, Params]]
+    join: Callable[[Params, Params], Params]
+
+    @staticmethod
+    def copy() -> "Frozen":
+        """All parameters trained, and a copy of them at the start held fixed (a reference
+        model: TAR's DPO reference)."""
+        return Frozen(split=lambda p: (p, jax.tree.map(jnp.copy, p)), join=lambda t, f: t)
+
+
+@dataclasses.dataclass(frozen=True)
 class Objective:
     """``gradient(params, batches) -> (grads, metrics)``; ``target_keys`` name the metrics
-    holding target-token counts (a zero count skips the step)."""
+    holding target-token counts (a zero count skips the step). With ``frozen``, the
+    gradient is ``gradient(params, batches, frozen)`` and the state carries the frozen
+    tree (``Frozen``)."""
 
     gradient: GradientFn
     target_keys: tuple[str, ...]
+    frozen: Frozen | None = None
 
 
 def seam_objective(fn: ModelFn, hp: SeamHyper) -> Objective:
@@ -90,10 +122,29 @@ class SftSource:
 
 
 # ------------------------------------------------------------------ the step
-def init_state(params: Params, optimizer: optax.GradientTransformation, seed: int) -> State:
-    return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "opt_state": optimizer.init(params),
-            "rng": jax.random.key_data(jax.random.key(seed))}
+def init_state(params: Params, optimizer: optax.GradientTransformation, seed: int,
+               frozen: Params | None = None) -> State:
+    state = {"step": jnp.zeros((), jnp.int32), "params": params,
+             "opt_state": optimizer.init(params),
+             "rng": jax.random.key_data(jax.random.key(seed))}
+    if frozen is not None:
+        state[FROZEN] = frozen
+    return state
+
+
+def initial_state(model_params: Params, optimizer: optax.GradientTransformation, seed: int,
+                  frozen: Frozen | None = None) -> State:
+    """``init_state`` around the model's parameters, split by ``frozen`` when given."""
+    if frozen is None:
+        return init_state(model_params, optimizer, seed)
+    trained, fixed = frozen.split(model_params)
+    return init_state(trained, optimizer, seed, fixed)
+
+
+def checkpointed(state: State) -> State:
+    """The part of a state a checkpoint holds: all but the frozen tree, which a resumed run
+    derives again from the model it loads (``Frozen.split``)."""
+    return {k: v for k, v in state.items() if k != FROZEN}
 
 
 def _count_of(opt_state: Any) -> jax.Array | None:
@@ -115,7 +166,8 @@ def make_step(gradient_fn: GradientFn, optimizer: optax.GradientTransformation,
     """
 
     def step(state: State, batches: dict) -> tuple[State, dict]:
-        grads, m = gradient_fn(state["params"], batches)
+        frozen = (state[FROZEN],) if FROZEN in state else ()
+        grads, m = gradient_fn(state["params"], batches, *frozen)
         check_step_boundary(state["params"], batches, grads, m, target_keys)
         count = _count_of(state["opt_state"])
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
@@ -127,6 +179,8 @@ def make_step(gradient_fn: GradientFn, optimizer: optax.GradientTransformation,
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
         new_state = {"step": state["step"] + 1, "params": keep(params, state["params"]),
                      "opt_state": keep(opt_state, state["opt_state"]), "rng": state["rng"]}
+        if frozen:
+            new_state[FROZEN] = frozen[0]
         m = dict(m)
         m.update(grad_norm=gnorm, param_norm=tree_norm(new_state["params"]),
                  lr=schedule(count) if count is not None else jnp.nan,
@@ -198,6 +252,7 @@ class TrainStep:
     schedule: optax.Schedule
     target_keys: tuple[str, ...]
     layout: StepLayout | None = None
+    frozen: Frozen | None = None  # the objective's (``Objective.frozen``)
 
     def __call__(self, state: State, batches: dict) -> tuple[State, dict]:
         return self.jitted(state, batches)
@@ -207,18 +262,26 @@ class TrainStep:
         return self.jitted.lower(state, batches)
 
     def init(self, params: Params, seed: int) -> State:
-        """The initial state around ``params`` (``init_state``), laid out as the step expects.
+        """The initial state around the model's ``params`` (``initial_state``: split by the
+        objective's ``Frozen`` if it has one), laid out as the step expects.
 
         On a mesh, ``params`` already carry their shardings (``ModelFn.init(seed,
         shardings)`` or the HF loader placed them) and the optimizer's moments follow them; ``device_put``
         only replicates the scalars (step, counts, RNG) and moves nothing already placed.
         """
-        state = init_state(params, self.optimizer, seed)
+        state = initial_state(params, self.optimizer, seed, self.frozen)
         return state if self.layout is None else jax.device_put(state, self.layout.state)
+
+    def model_params(self, state: State) -> Params:
+        """The model's parameters of ``state`` (``Frozen.join``; else its ``params``)."""
+        if self.frozen is None:
+            return state["params"]
+        return self.frozen.join(state["params"], state[FROZEN])
 
     def abstract_state(self, params: Any, seed: int = 0) -> State:
         """ShapeDtypeStructs (with the layout's shardings) of ``init``'s output; allocates nothing."""
-        shapes = jax.eval_shape(lambda p: init_state(p, self.optimizer, seed), params)
+        shapes = jax.eval_shape(lambda p: initial_state(p, self.optimizer, seed, self.frozen),
+                                params)
         if self.layout is None:
             return shapes
         return jax.tree.map(lambda s, h: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=h),
@@ -246,15 +309,15 @@ def build_step(objective: Objective, optimizer: optax.GradientTransformation,
     jitted = jax.jit(step, donate_argnums=(0,),
                      compiler_options={**step_compiler_options(), **(compiler_options or {})},
                      **shardings)
-    return TrainStep(jitted, optimizer, schedule, objective.target_keys, layout)
+    return TrainStep(jitted, optimizer, schedule, objective.target_keys, layout, objective.frozen)
 
 
 def _constrained(gradient: GradientFn, constrain: Callable[[jax.Array, tuple], jax.Array]
                  ) -> GradientFn:
     @functools.wraps(gradient)
-    def wrapped(params: Params, batches: dict) -> tuple[Params, dict]:
+    def wrapped(params: Params, batches: dict, *frozen: Params) -> tuple[Params, dict]:
         with activation_constraint(constrain):
-            return gradient(params, batches)
+            return gradient(params, batches, *frozen)
 
     return wrapped
 

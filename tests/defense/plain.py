@@ -116,12 +116,14 @@ def seq_logp(fn, p, batch):
 
 
 def tar(fn, p, batches, *, lrs, k_steps, wd, grad_scale, retain_scale, weights, tr_loss,
-        dpo_beta):
+        dpo_beta, ref=None):
     """First-order TAR: retain_scale CE(retain) + sum over adversaries and their steps k of
     s_k L_TR(theta + sg(theta_k - theta)): the adversary's displacement is held constant, so
-    the gradient of each term is grad L_TR at theta_k."""
+    the gradient of each term is grad L_TR at theta_k. DPO's reference log probabilities are
+    those of the parameters ``ref`` (the base model), or of theta when ``ref`` is None."""
     adv, aln, bgn = batches["adv"], batches["aln"], batches["bgn"]
-    ref_c, ref_r = sg(seq_logp(fn, p, aln)), sg(seq_logp(fn, p, adv))
+    r = p if ref is None else ref
+    ref_c, ref_r = sg(seq_logp(fn, r, aln)), sg(seq_logp(fn, r, adv))
 
     def l_tr(q):
         if tr_loss == "dpo":

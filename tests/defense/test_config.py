@@ -43,6 +43,7 @@ def test_bad_name_is_one_line_listing_the_choices():
     ("repnoise", "beta", -1.0, ">= 0"),
     ("tar", "adversary_lrs", "2e-6,x", "comma-separated"),
     ("tar", "tr_loss", "kl", "dpo"),
+    ("tar", "reference", "model", "base"),
 ])
 def test_bad_hyperparameter_is_one_line(name, field, value, words):
     c = base_config()

@@ -24,9 +24,16 @@ STEPS = ["--config.steps=20", "--config.checkpoint.every=4", "--config.checkpoin
          "--config.defense.tar.inner_steps=2", "--config.defense.tar.num_tasks=1"]
 
 
+# "booster+lora": Booster training LoRA adapters (defense.trainable=lora, dropout 0.05, so
+# its batches carry seed rows); the checkpoints hold the adapters, the export merges them.
+LORA = ["--config.defense.trainable=lora"]
+
+
 def _cli(run_dir, name):
+    name, _, lora = name.partition("+")
     return [sys.executable, "-m", "seam_jax.main", f"--config={REPO / 'configs/debug.py'}",
-            f"--config.run_dir={run_dir}", f"--config.defense.name={name}", *STEPS]
+            f"--config.run_dir={run_dir}", f"--config.defense.name={name}", *STEPS,
+            *(LORA if lora else [])]
 
 
 def _weights(run_dir):
@@ -34,13 +41,13 @@ def _weights(run_dir):
 
 
 @pytest.mark.e2e  # three whole jobs per defense in subprocesses (about a minute each)
-@pytest.mark.parametrize("name", ["none", "booster", "vaccine", "repnoise", "tar"])
+@pytest.mark.parametrize("name", ["none", "booster", "vaccine", "repnoise", "tar", "booster+lora"])
 def test_defense_trains_resumes_bitwise_after_sigkill_and_exports(tmp_path, name):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     ref = tmp_path / "uninterrupted"
     subprocess.run(_cli(ref, name), check=True, env=env, capture_output=True, cwd=REPO)
     summary = json.loads((ref / "summary.json").read_text())
-    assert summary["defense"] == name
+    assert summary["defense"] == name.partition("+")[0]
     rows = [json.loads(l) for l in (ref / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 20 and all(r["skipped"] == 0 for r in rows)
 
@@ -67,3 +74,15 @@ def test_defense_trains_resumes_bitwise_after_sigkill_and_exports(tmp_path, name
     assert set(a) == set(b)
     for k in a:
         assert np.array_equal(a[k], b[k]), k
+    if name.endswith("+lora"):
+        # job=export from the run's checkpoint (its params are the adapters): merged into
+        # the base, as the job's own export.
+        out = tmp_path / "exported"
+        subprocess.run([sys.executable, "-m", "seam_jax.main",
+                        f"--config={REPO / 'configs/convert.py'}:export",
+                        "--config.model.source=preset:debug", f"--config.export.source={killed}",
+                        f"--config.export.dir={out}", "--config.defense.name=booster", *LORA],
+                       check=True, env=env,
+                       capture_output=True, cwd=REPO)
+        c = load_file(out / "model.safetensors")
+        assert set(c) == set(b) and all(np.array_equal(c[k], b[k]) for k in b)

@@ -89,24 +89,48 @@ def test_repnoise_gradient_is_the_published_loss():
     assert plain.rel_err(got, no_mmd) > 1e-6  # the MMD term is in the gradient
 
 
+def tar_case(tr_loss, reference, inner_steps=2, num_tasks=2):
+    """One learning rate (so the draw does not matter), adversaries of two steps; a large
+    learning rate so that theta_k is far enough from theta to matter."""
+    hp = tar.TarHyper(inner_steps=inner_steps, num_tasks=num_tasks, adversary_lrs=(3e-2,),
+                      tr_grad_scale=0.7, retain_scale=0.5, use_weighting_schedule=True,
+                      schedule_lambda=0.3, tr_loss=tr_loss, dpo_beta=0.1, reference=reference)
+    kw = dict(lrs=[3e-2] * num_tasks, k_steps=inner_steps, wd=hp.inner_weight_decay,
+              grad_scale=0.7, retain_scale=0.5,
+              weights=[float(np.exp(0.3 * (k - (inner_steps - 1)))) for k in range(inner_steps)],
+              tr_loss=tr_loss, dpo_beta=0.1)
+    return hp, kw
+
+
 # DPO's: 14 s (two adversaries of two steps, unrolled on the plain side): slow.
 @pytest.mark.parametrize("tr_loss", [pytest.param("dpo", marks=pytest.mark.slow), "max_entropy"])
 def test_tar_gradient_is_the_first_order_meta_gradient(tr_loss):
     fn, p, b = setup()
-    # One learning rate (so the draw does not matter), two adversaries of two steps; a
-    # large learning rate so that theta_k is far enough from theta to matter.
-    hp = tar.TarHyper(inner_steps=2, num_tasks=2, adversary_lrs=(3e-2,), tr_grad_scale=0.7,
-                      retain_scale=0.5, use_weighting_schedule=True, schedule_lambda=0.3,
-                      tr_loss=tr_loss, dpo_beta=0.1)
+    hp, kw = tar_case(tr_loss, "theta")
     got, m = jit(lambda q: tar.tar_gradient(fn, q, b, hp))(p)
-    kw = dict(lrs=[3e-2, 3e-2], k_steps=2, wd=hp.inner_weight_decay, grad_scale=0.7,
-              retain_scale=0.5, weights=[float(np.exp(0.3 * (k - 1))) for k in range(2)],
-              tr_loss=tr_loss, dpo_beta=0.1)
     want = jit(jax.grad(lambda q: plain.tar(fn, q, b, **kw)))(p)
     assert plain.rel_err(got, want) <= TOL
     # The tamper-resistance term is in the gradient: the retain gradient alone differs.
     retain = jit(jax.grad(lambda q: plain.tar(fn, q, b, **{**kw, "k_steps": 0})))(p)
     assert plain.rel_err(got, retain) > 1e-6
+
+
+def test_tar_dpo_reference_is_the_base_model():
+    # The public code's DPO reference: the model before TAR training, here other parameters
+    # than theta (theta = the base moved by a random step, as after some training), passed as
+    # the step's frozen tree. One adversary of one step (the slow DPO test above has two).
+    fn, base, b = setup()
+    noise = jax.tree.map(lambda x: 0.05 * jnp.std(x) * jnp.asarray(
+        np.random.default_rng(1).standard_normal(x.shape)), base)
+    p = jax.tree.map(jnp.add, base, noise)
+    hp, kw = tar_case("dpo", "base", inner_steps=1, num_tasks=1)
+    assert hp.needs_base and tar.TarHyper().reference == "base"  # the default
+    got, m = jit(lambda q, r: tar.tar_gradient(fn, q, b, hp, base=r))(p, base)
+    want = jit(jax.grad(lambda q, r: plain.tar(fn, q, b, **kw, ref=r)))(p, base)
+    assert plain.rel_err(got, want) <= TOL
+    # The reference is in the gradient: theta as the reference gives another one.
+    theta_ref = jit(jax.grad(lambda q: plain.tar(fn, q, b, **kw)))(p)
+    assert plain.rel_err(got, theta_ref) > 1e-6
 
 
 def test_tar_bounded_gate_drops_the_tamper_resistance_gradient():

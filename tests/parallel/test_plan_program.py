@@ -57,7 +57,8 @@ def test_plan_lowers_the_seam_jobs_step():
         assert fingerprint(plan_lowering(parse(ARGS + [extra]))[0]) != fingerprint(plan_lowered), extra
 
 
-@pytest.mark.parametrize("name", ["booster", "repnoise"])  # repnoise reads seed rows
+# repnoise reads seed rows; tar also carries a frozen tree (the base model, its DPO reference)
+@pytest.mark.parametrize("name", ["booster", "repnoise", "tar"])
 def test_plan_lowers_a_baseline_defenses_step(name, tmp_path):
     c = parse(ARGS + [f"--config.defense.name={name}"])
     plan_lowered, batches, state = plan_lowering(c)
@@ -72,4 +73,6 @@ def test_plan_lowers_a_baseline_defenses_step(name, tmp_path):
     real = defense_lib.source(c, seam_job.seam_batches(c, m.tokenizer, data)).batch_at(0)
     shapes = lambda tree: jax.tree.map(lambda x: (tuple(np.shape(x)), np.dtype(x.dtype)), tree)
     assert shapes(real) == shapes(batches)
-    assert set(real) == set(defense_lib.get(name).batch_keys) | ({"seed"} if name == "repnoise" else set())
+    d = defense_lib.get(name)
+    assert set(real) == set(d.batch_keys) | ({"seed"} if d.seeded else set())
+    assert ("frozen" in state) == (name == "tar")

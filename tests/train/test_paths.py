@@ -1,5 +1,6 @@
-"""Where a run directory is (``train.run_dir.resolve``, the one place a job turns ``run_dir``
-into a path), and the traceback behind a one-line error kept in the run directory."""
+"""Where a run directory is (``train.run_dir.resolve``, i.e. ``seam_jax.storage.resolve``,
+the one place a job turns ``run_dir`` into a path), and the traceback behind a one-line
+error kept in the run directory."""
 
 import os
 import pathlib
@@ -25,26 +26,30 @@ def test_resolve_local_paths_and_file_urls(tmp_path, monkeypatch):
         resolve("file://otherhost/p")
 
 
-@pytest.mark.parametrize("url", ["gs://bucket/run", "s3://bucket/run", "memory://run"])
-def test_object_storage_run_dir_is_one_line_and_no_local_folder(tmp_path, monkeypatch, capsys, url):
-    # Before: gs://bucket/run became a local folder named "gs:" and the run went there.
+@pytest.mark.parametrize("url", ["s3://bucket/run", "memory://run", "gs:///run"])
+def test_unsupported_run_dir_url_is_one_line_and_no_local_folder(tmp_path, monkeypatch, capsys, url):
+    # Before: gs://bucket/run became a local folder named "gs:" and the run went there. Now
+    # gs:// is a bucket (tests/train/test_object_storage.py); other schemes are refused.
     monkeypatch.chdir(tmp_path)
     rc = main(["seam_jax", *DEBUG, f"--config.run_dir={url}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     scheme = url.split("://")[0]
-    assert err[0].startswith(f"seam_jax: error: ConfigError: run_dir='{url}': a run directory on object "
-                             f"storage ({scheme}://) is not supported; mount it"), err[0]
+    want = ("name the bucket, gs://bucket/path" if scheme == "gs" else
+            f"{scheme}:// is not supported (Orbax writes checkpoints to local paths and gs:// only)")
+    assert err[0] == f"seam_jax: error: ConfigError: run_dir='{url}': {want}" + (
+        "" if scheme == "gs" else "; give gs://bucket/path, or mount the storage and give its "
+                                  "local path"), err[0]
     assert list(tmp_path.iterdir()) == []  # nothing created
 
 
-def test_export_dir_on_object_storage_is_refused_before_work(tmp_path, monkeypatch, capsys):
+def test_export_dir_on_unsupported_storage_is_refused_before_work(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     rc = main(["seam_jax", *DEBUG, f"--config.run_dir={tmp_path / 'run'}",
-               "--config.export.dir=gs://bucket/export"])
+               "--config.export.dir=s3://bucket/export"])
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert rc == 2 and "export.dir='gs://bucket/export'" in line, line
-    assert not (tmp_path / "run").exists() and not (tmp_path / "gs:").exists()
+    assert rc == 2 and "export.dir='s3://bucket/export': s3:// is not supported" in line, line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "s3:").exists()
 
 
 def test_one_line_error_keeps_its_traceback_in_the_run_dir(tmp_path, capsys):

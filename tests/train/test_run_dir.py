@@ -389,3 +389,21 @@ def test_manifest_refuses_another_defense(tmp_path):
     # Another defense's section does not change this run's arithmetic.
     rd.Manifest.open(other, _cfg(**{"defense.name": "booster", "defense.tar.inner_steps": 9}),
                      "seam").settle(**ident)
+
+
+def test_manifest_refuses_another_lora_setting(tmp_path):
+    """A LoRA defense's adapters are its arithmetic: switching to full training, or another
+    rank or scale, is refused; a full-parameter run records none of the lora_* fields."""
+    ident = {"model": {"weights": "a"}, "data": {"rows.defense": "d"}}
+    lora = {"defense.name": "booster", "defense.trainable": "lora", "defense.lora_rank": 8}
+    rd.Manifest.open(tmp_path, _cfg(**lora), "seam").settle(**ident)
+    for change in ({"defense.trainable": "full"}, {"defense.lora_rank": 4},
+                   {"defense.lora_alpha": 2.0}):
+        with pytest.raises(rd.RunDirError) as e:
+            rd.Manifest.open(tmp_path, _cfg(**{**lora, **change}), "seam")
+        assert next(iter(change)) in str(e.value), e.value
+    full = tmp_path / "full"
+    full.mkdir()
+    rd.Manifest.open(full, _cfg(**{"defense.name": "booster"}), "seam").settle(**ident)
+    recorded = json.loads((full / "run.json").read_text())["config"]
+    assert not any(k.startswith("defense.lora_") or k == "defense.trainable" for k in recorded)
