@@ -67,16 +67,24 @@ def test_unknown_config_variant_names_the_variants(variant, capsys):
 
 # ------------------------------------------------------------------ files and the OS
 def test_read_only_run_dir_is_one_line(tmp_path, capsys, monkeypatch):
-    """Root ignores permissions, so the read-only file system is simulated at mkdir."""
+    """Root ignores permissions, so the read-only file system is simulated at ``os.mkdir``
+    (which pathlib, os.makedirs and etils.epath's local paths all call). The job must stop
+    before any work: the model is never loaded."""
     run = tmp_path / "run"
-    real_mkdir = pathlib.Path.mkdir
+    real_mkdir = os.mkdir
 
-    def mkdir(self, *a, **kw):
-        if self == run:
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
-        return real_mkdir(self, *a, **kw)
+    def mkdir(path, *a, **kw):
+        if os.fspath(path) == str(run):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, *a, **kw)
 
-    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    import seam_jax.jobs.seam as seam_job
+
+    def no_load(*a, **kw):
+        raise AssertionError("the model was loaded before the run_dir was found read-only")
+
+    monkeypatch.setattr(seam_job, "load_model", no_load)
     rc, line = _run(capsys, DEBUG, f"--config.run_dir={run}")
     assert rc == 2 and "Read-only file system" in line and str(run) in line, line
     assert "writable" in line, line

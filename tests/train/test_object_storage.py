@@ -279,3 +279,54 @@ def test_seam_job_in_a_bucket_killed_and_resumed_equals_the_uninterrupted_local_
     assert sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) == [12, 16, 20]
     assert (host / "run" / "heldout_geometry.png").is_file()
     assert list(work.iterdir()) == []  # no local folder named gs: (the old fault)
+
+
+def test_the_experiment_report_and_its_figures_are_written_into_a_bucket(bucket, tmp_path,
+                                                                         monkeypatch):
+    """write_report (tables, HS/utility plots) to a gs:// run directory: every file is an
+    object in the bucket, nothing lands on the local disk, and the same report written
+    locally has the same files and the same markdown."""
+    from seam_jax.eval.report import write_report
+
+    url, host = bucket
+    monkeypatch.chdir(tmp_path)
+    before = {"base-s0": {"hs_judge": 0.1, "mc_acc": 0.5, "mc_acc_ci": [0.4, 0.6]},
+              "seam-s0": {"hs_judge": 0.0, "mc_acc": 0.48}}
+    attacked = [{"model": "seam-s0", "cell": "5", "lr": 2e-4, "step": s, "steps": 16,
+                 "method": "full", "optimizer": "adamw", "n_samples": 64, "hs_judge": h,
+                 "mc_acc": 0.45} for s, h in ((8, 0.2), (16, 0.4))]
+    kw = dict(before=before, attacked=attacked, pca=None, base_of={"seam-s0": "base-s0"},
+              guard=0.8)
+    write_report(storage.resolve(f"{url}/exp"), **kw)
+    local = tmp_path / "exp"
+    write_report(local, **kw)
+    in_bucket = sorted(p.relative_to(host / "exp").as_posix() for p in (host / "exp").rglob("*")
+                       if p.is_file())
+    assert "report.md" in in_bucket and any(f.endswith(".png") for f in in_bucket), in_bucket
+    assert in_bucket == sorted(p.relative_to(local).as_posix() for p in local.rglob("*")
+                               if p.is_file())
+    assert (host / "exp" / "report.md").read_text() == (local / "report.md").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["exp"]  # no local folder named gs:
+
+
+@pytest.mark.e2e  # the debug experiment in a subprocess (about 2 minutes)
+def test_the_experiment_job_runs_in_a_bucket(server, bucket, tmp_path):
+    """job=experiment with its run directory in the bucket: every stage's outputs (the arms'
+    run directories, the attack results, the cached evaluations, the report) are objects
+    there and nothing is written to the working directory."""
+    url, host = bucket
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", **fake_gcs.env(server)}
+    code = fake_gcs.PRELUDE.format(tests=str(TESTS)) + \
+        "from seam_jax.main import main; sys.exit(main(sys.argv))"
+    work = tmp_path / "cwd"
+    work.mkdir()
+    out = subprocess.run([sys.executable, "-c", code, f"--config={REPO / 'configs/experiment.py'}:debug",
+                          f"--config.run_dir={url}/exp"], env=env, capture_output=True, text=True,
+                         cwd=work, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    exp = host / "exp"
+    assert (exp / "report.md").is_file() and (exp / "experiment_summary.json").is_file()
+    rows = [json.loads(l) for l in (exp / "attacks" / "results.jsonl").read_text().splitlines()]
+    assert rows and all("hs_judge" in r for r in rows)
+    assert any(p.name == "model.safetensors" for p in exp.rglob("*"))  # an arm's HF export
+    assert list(work.iterdir()) == []
