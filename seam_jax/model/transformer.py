@@ -27,6 +27,15 @@ from seam_jax.model.rope import apply_rope, inverse_frequencies, rope_tables
 
 LAYER_AXES = ("layers",)
 _RESIDUAL = ("batch", "length", "act_embed")
+# The embedding lookup's rows as the table lays them out: the embed dimension split like the
+# table's ("embed", a parameter name, takes its mesh axes first: ``parallel.rules``), the
+# batch over the batch axes left. From there to ``_RESIDUAL`` is one all-to-all (and its
+# transpose one back). Without this step XLA's partitioner has to go straight from the
+# gather's layout (embed over fsdp, replicated over data) to the residual's (batch over
+# data x fsdp), finds no collective for it on a mesh with data and fsdp both above 1, and
+# replicates the whole [B, T, D] lookup on every device ("involuntary full
+# rematerialization"), in each forward pass and each backward pass.
+_EMBED_ROWS = ("batch", "length", "embed")
 
 # Set only while ``seam_jax.parallel`` traces a sharded step; otherwise ``constrain`` is the
 # identity, so an unsharded model traces to exactly the same program.
@@ -245,7 +254,7 @@ class Transformer(nnx.Module):
         cos, sin = rope_tables(positions, inv_freq, dt)
         q_slots = jnp.broadcast_to(jnp.arange(t)[None, :] + cache_index, (b, t))
         key_valid = attention_mask if cache is None else cache_valid
-        x = constrain(self.model.embed_tokens(input_ids), _RESIDUAL)
+        x = constrain(constrain(self.model.embed_tokens(input_ids), _EMBED_ROWS), _RESIDUAL)
 
         graph, layer_params = nnx.split(self.model.layers)
         # One window for all layers stays a Python int (the same program as before

@@ -6,6 +6,8 @@
 - ``sharded``: sharded init, the step layout that ``train.step.build_step`` jits with,
   global batches from each host's rows, and ``sharded_training_setup`` for the jobs.
 - ``plan``: compile a step for a target mesh from shapes alone and report its memory.
+- ``partitioner_log``: catch what XLA's SPMD partitioner logs while a program compiles (its
+  "involuntary full rematerialization" warnings: a tensor replicated on every device).
 """
 
 from seam_jax.parallel.mesh import (

@@ -14,7 +14,9 @@ layer); heads, MLP and vocabulary dimensions are split over ``tensor`` (Megatron
 
 Parameters are strict: a logical name with no rule, or a dimension that its mesh
 axes do not divide, is an error naming the parameter. Activation constraints are
-hints, so a mesh axis that does not divide an activation's dimension is dropped.
+hints, so a mesh axis that does not divide an activation's dimension is dropped. An
+activation may also name a dimension by a parameter axis, to lay it out like that
+weight's dimension; such a dimension gets its mesh axes before the activation names.
 """
 
 from __future__ import annotations
@@ -138,16 +140,23 @@ class Rules:
 
     # ------------------------------------------------------------- activations
     def activation_spec(self, axes: LogicalAxes, shape: tuple[int, ...]) -> PartitionSpec:
-        """Spec for an activation; mesh axes that do not divide a dimension are dropped."""
+        """Spec for an activation; mesh axes that do not divide a dimension are dropped.
+
+        A dimension named by a parameter axis (``PARAM_AXES``: an activation laid out like
+        a weight, such as the embedding lookup's rows, ``transformer._EMBED_ROWS``) takes
+        its mesh axes first; the activation names share what is left, left to right.
+        """
         used: set[str] = set()
-        out: list[MeshAxes] = []
-        for dim, name in zip(shape, axes):
+        out: list[MeshAxes] = [None] * len(axes)
+        order = sorted(range(len(axes)), key=lambda i: axes[i] not in PARAM_AXES)
+        for i in order:
+            dim, name = shape[i], axes[i]
             mesh_axes: tuple[str, ...] = ()
             for a in _as_tuple(self.table.get(name)) if name is not None else ():
                 if a not in used and dim % (self.size(mesh_axes) * self.mesh.shape[a]) == 0:
                     mesh_axes += (a,)
             used.update(mesh_axes)
-            out.append(_compact(mesh_axes))
+            out[i] = _compact(mesh_axes)
         return PartitionSpec(*out)
 
     def constrain(self, x: jax.Array, axes: LogicalAxes) -> jax.Array:
