@@ -20,7 +20,8 @@ Objective and update: seam_jax/defense/booster.py. Sources of the values:
   and the experiment's ``booster`` arm) trains all the parameters, as SEAM does, with SEAM's
   optimizer (base_config: AdamW lr 2e-5, cosine, 500 steps): LoRA's learning rate is sized
   for adapters, not for the full weights. Which of the two the SEAM paper's Booster runs
-  used, the project's summary of that paper (shared/SEAM.md) does not say.
+  used is not stated in the paper's text available here (arXiv 2505.12186), so both are
+  offered.
 """
 
 from seam_jax.config import defense_config

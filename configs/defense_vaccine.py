@@ -22,7 +22,8 @@ Objective and update: seam_jax/defense/vaccine.py. Sources of the values:
   those adapters and that optimizer). The comparison in this framework (the default here,
   and the experiment's ``vaccine`` arm) trains all the parameters, as SEAM does, with SEAM's
   optimizer (base_config: AdamW lr 2e-5, cosine). Which of the two the SEAM paper's Vaccine
-  runs used, the project's summary of that paper (shared/SEAM.md) does not say.
+  runs used is not stated in the paper's text available here (arXiv 2505.12186), so both
+  are offered.
 """
 
 from seam_jax.config import defense_config
