@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -58,6 +58,29 @@ def hs_key(row: Mapping[str, Any]) -> str | None:
         if row.get(k) is not None:
             return k
     return None
+
+
+UTILITY_LABELS = {"zs_avg": "lm-eval zero-shot average", "mc_acc": "MC accuracy",
+                  "benign_accuracy": "benign exact match"}
+HS_LABELS = {"hs_classifier": "classifier", "hs_judge": "judge", "hs_keyword": "keyword"}
+
+
+def axis_labels(rows: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
+    """The y labels of a figure's HS and utility panels, naming the figures its rows hold
+    (several when the rows mix them)."""
+    def label(what: str, key_of: Callable, names: Mapping[str, str]) -> str:
+        keys = list(dict.fromkeys(k for k in map(key_of, rows) if k is not None))
+        return f"{what} ({' / '.join(names.get(k, k) for k in keys) or 'none'})"
+
+    return label("HS, harmful rate", hs_key, HS_LABELS), label("utility", utility_key, UTILITY_LABELS)
+
+
+def _threshold_lines(axes, rows: Sequence[Mapping[str, Any]]) -> None:
+    """The broken verdict's thresholds, dotted: HS always, utility only on the scale the
+    verdict reads (``BROKEN_SCALE``)."""
+    axes[0].axhline(BROKEN_HS, color="grey", ls=":", lw=1)
+    if any(utility_key(r) in BROKEN_SCALE for r in rows):
+        axes[1].axhline(BROKEN_UTILITY, color="grey", ls=":", lw=1)
 
 
 def utility_of(row: Mapping[str, Any]) -> float | None:
@@ -219,10 +242,12 @@ def plot_vs_lr(before: Mapping[str, Mapping[str, Any]], attacked: Sequence[Mappi
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.lines import Line2D
+
     arms = list(dict.fromkeys(split_name(m)[0] for m in [*before, *(r["model"] for r in attacked)]))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for (ax, metric, label) in ((axes[0], hs_of, "HS (harmful rate)"),
-                                (axes[1], utility_of, "utility (ZS avg or MC accuracy)")):
+    rows = [*before.values(), *attacked]
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4))
+    for (ax, metric, label) in zip(axes, (hs_of, utility_of), axis_labels(rows)):
         series = lr_series(attacked, metric)
         for i, arm in enumerate(arms):
             color = f"C{i % 10}"
@@ -234,20 +259,26 @@ def plot_vs_lr(before: Mapping[str, Mapping[str, Any]], attacked: Sequence[Mappi
                 lo = mean - np.array([min(by_lr[x]) for x in lrs])
                 hi = np.array([max(by_lr[x]) for x in lrs]) - mean
                 ax.errorbar(lrs, mean, yerr=[lo, hi], fmt="o-", color=color, capsize=3,
-                            label=f"{arm} attacked ({n_seeds} seed{'s' * (n_seeds != 1)})")
+                            label=f"{arm} ({n_seeds} seed{'s' * (n_seeds != 1)})")
             start = [metric(before[m]) for m in before
                      if split_name(m)[0] == arm and metric(before[m]) is not None]
             if start:
-                ax.axhline(float(np.mean(start)), color=color, ls="--", lw=1,
-                           label=f"{arm} before attack")
+                ax.axhline(float(np.mean(start)), color=color, ls="--", lw=1)
         ax.set_xscale("log")
         ax.set_xlabel("attack learning rate")
         ax.set_ylabel(label)
         ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=8)
-    axes[0].axhline(BROKEN_HS, color="grey", ls=":", lw=1)
-    axes[1].axhline(BROKEN_UTILITY, color="grey", ls=":", lw=1)
-    fig.tight_layout()
+    _threshold_lines(axes, rows)
+    # One legend for both panels, outside them: an arm's colour, then what the styles mean.
+    handles, labels = axes[0].get_legend_handles_labels()
+    if not handles:
+        handles, labels = axes[1].get_legend_handles_labels()
+    handles += [Line2D([], [], color="grey", ls="--", lw=1),
+                Line2D([], [], color="grey", ls=":", lw=1)]
+    labels += ["dashed: before any attack", "dotted: broken threshold"]
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.8, 0.5), fontsize=8,
+               frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     with storage.local_file(path) as out:  # in a bucket: a local file, then uploaded
         fig.savefig(out, dpi=120)
@@ -269,9 +300,9 @@ def plot_trajectories(before: Mapping[str, Mapping[str, Any]],
     models = list(dict.fromkeys(r["model"] for r in attacked))
     cells = list(dict.fromkeys(str(r["cell"]) for r in attacked))
     styles = ("-", "--", "-.", ":")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, metric, label in ((axes[0], hs_of, "HS (harmful rate)"),
-                              (axes[1], utility_of, "utility (ZS avg or MC accuracy)")):
+    rows = [*(before[m] for m in models if m in before), *attacked]
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.2))
+    for ax, metric, label in zip(axes, (hs_of, utility_of), axis_labels(rows)):
         for i, model in enumerate(models):
             color = f"C{i % 10}"
             start = metric(before[model]) if model in before else None
@@ -288,13 +319,15 @@ def plot_trajectories(before: Mapping[str, Mapping[str, Any]],
         ax.set_xlabel("attack step")
         ax.set_ylabel(label)
         ax.set_ylim(-0.02, 1.02)
-    axes[0].axhline(BROKEN_HS, color="grey", ls=":", lw=1)
-    axes[1].axhline(BROKEN_UTILITY, color="grey", ls=":", lw=1)
+    _threshold_lines(axes, rows)
     for i, model in enumerate(models):
         if floors and floors.get(model) is not None:
             axes[1].axhline(floors[model], color=f"C{i % 10}", ls=":", lw=0.8)
-    axes[1].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    handles, labels = axes[1].get_legend_handles_labels()
+    right = 0.82 if len(labels) < 18 else 0.72  # two legend columns past 17 lines
+    fig.tight_layout(rect=(0, 0, right, 1))
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(right, 0.5), fontsize=7,
+               frameon=False, ncol=1 + len(labels) // 18)
     path.parent.mkdir(parents=True, exist_ok=True)
     with storage.local_file(path) as out:  # in a bucket: a local file, then uploaded
         fig.savefig(out, dpi=120)

@@ -32,3 +32,29 @@ def test_plot_vs_lr_writes_a_png(tmp_path):
     before = {"seam-s0": {"hs_judge": 0.0, "mc_acc": 0.5}, "seam-s1": {"hs_judge": 0.0, "mc_acc": 0.6}}
     png = plot_vs_lr(before, ROWS, tmp_path / "lr.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_axis_labels_name_the_figures_the_rows_hold():
+    from seam_jax.eval.report import axis_labels
+
+    assert axis_labels(ROWS) == ("HS, harmful rate (judge)", "utility (MC accuracy)")
+    exact = [{"hs_judge": 0.1, "benign_accuracy": 0.3}]
+    assert axis_labels(exact)[1] == "utility (benign exact match)"
+    assert axis_labels([*exact, *ROWS])[1] == "utility (benign exact match / MC accuracy)"
+    assert axis_labels([{}]) == ("HS, harmful rate (none)", "utility (none)")
+
+
+def test_the_utility_threshold_is_drawn_only_on_the_scale_the_verdict_reads():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from seam_jax.eval.report import BROKEN_UTILITY, _threshold_lines
+
+    for rows, drawn in (([{"hs_judge": 0.1, "benign_accuracy": 0.3}], False), (ROWS, True)):
+        fig, axes = plt.subplots(1, 2)
+        _threshold_lines(axes, rows)
+        assert len(axes[0].lines) == 1
+        assert [ln.get_ydata()[0] for ln in axes[1].lines] == ([BROKEN_UTILITY] if drawn else [])
+        plt.close(fig)
