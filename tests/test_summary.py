@@ -74,3 +74,9 @@ def test_the_other_jobs(tmp_path):
     assert "  seam-s0  0.1" in out
     assert ("  pre-registered criteria: inconclusive; not held: C1 (seed 0), C3 (seed 1)"
             in out)
+    compared = {"verdicts": {"booster": "neither"}, "rows": [
+        {"arm": "seam", "cell": "5", "resists": True}, {"arm": "booster", "cell": "5", "resists": False},
+        {"arm": "seam", "cell": "2", "resists": None}]}
+    out = summary_text(_config("experiment", tmp_path), {"report": "r.md", "n_attacked": 4,
+                                                         "comparison": compared}, 3).splitlines()
+    assert "  resisting the attack: seam #5; vs booster: neither" in out

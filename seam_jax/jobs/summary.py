@@ -132,6 +132,11 @@ def _experiment(c: mlc.ConfigDict, s: Mapping[str, Any]) -> list[str]:
                          if r["held"] is not True})
         lines.append(f"pre-registered criteria: {checked['verdict']}"
                      + (f"; not held: {', '.join(failed)}" if failed else ""))
+    compared = s.get("comparison")
+    if compared:
+        held = sorted({f"{r['arm']} #{r['cell']}" for r in compared["rows"] if r["resists"]})
+        lines.append("resisting the attack: " + (", ".join(held) or "none")
+                     + "".join(f"; vs {a}: {v}" for a, v in compared["verdicts"].items()))
     lines.append(f"{s.get('n_attacked', '?')} attacked checkpoints; report: {s.get('report')}")
     lines.append(_outputs(_run_dir(c), ["report.md", "experiment_summary.json", "attacks/"]))
     return lines
