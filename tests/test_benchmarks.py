@@ -179,3 +179,19 @@ def test_seam_markers_match_the_job_log_lines():
 def test_memory_trace_refuses_a_bad_marker():
     with pytest.raises(SystemExit, match="REGEX=NAME"):
         memory_trace.parse_marker("no-equals-sign")
+
+
+# ------------------------------------------------------------------ defense step costs
+def test_defense_step_case_times_the_jobs_step():
+    """The job's step of a defense compiles and runs at the tiny size with positive figures
+    (RepNoise: a seeded defense, so the benchmark's batches must carry the seed rows)."""
+    from pathlib import Path
+
+    from benchmarks import defense_step
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "experiment.py"
+    r = defense_step.case(dict(size="tiny", config=f"{config}:compare", batch=2, seq=16,
+                               repeats=1, case="repnoise"))
+    assert r["case"] == "repnoise"
+    for k in ("median_s", "min_s", "compile_s", "peak_rss_mb"):
+        assert _positive(r[k]), (k, r[k])
