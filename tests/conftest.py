@@ -14,9 +14,11 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+import xla_env  # noqa: E402  (tests/ is on pythonpath)
+
 os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
+    os.environ["XLA_FLAGS"] += f" {xla_env.FAKE_DEVICES}"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -37,6 +39,18 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))  # LRU eviction beyond 2 GiB
 
 
+def pytest_configure(config):
+    """Cheaper XLA:CPU code generation (``xla_env.CODEGEN``) unless the selection asks for
+    the slow tests (the real weights, where execution dominates) or
+    SEAM_TEST_XLA_CODEGEN=default. Here, before any test module imports JAX; the xdist
+    workers and the jobs the tests start inherit the environment."""
+    wants_slow = "slow" in (config.getoption("markexpr") or "").replace("not slow", "")
+    if wants_slow or os.environ.get("SEAM_TEST_XLA_CODEGEN") == "default":
+        return
+    have = os.environ["XLA_FLAGS"].split()
+    os.environ["XLA_FLAGS"] = " ".join([*have, *(f for f in xla_env.CODEGEN if f not in have)])
+
+
 @dataclasses.dataclass(frozen=True)
 class JobRun:
     run_dir: pathlib.Path
@@ -53,7 +67,7 @@ def debug_seam_run(tmp_path_factory) -> JobRun:
     """
     run_dir = tmp_path_factory.mktemp("debug-seam") / "run"
     # One device (the job's own default on a CPU host), as a user's plain run has.
-    env = {**os.environ, "XLA_FLAGS": ""}
+    env = {**os.environ, "XLA_FLAGS": xla_env.with_devices(None)}
     proc = subprocess.run(
         [sys.executable, "-m", "seam_jax.main", f"--config={REPO / 'configs' / 'debug.py'}",
          f"--config.run_dir={run_dir}"],

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
+import xla_env
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 STEPS = ["--config.steps=20", "--config.checkpoint.every=4", "--config.checkpoint.use_async=True",
@@ -43,7 +44,7 @@ def _weights(run_dir):
 @pytest.mark.e2e  # three whole jobs per defense in subprocesses (about a minute each)
 @pytest.mark.parametrize("name", ["none", "booster", "vaccine", "repnoise", "tar", "booster+lora"])
 def test_defense_trains_resumes_bitwise_after_sigkill_and_exports(tmp_path, name):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_env.with_devices(None)}
     ref = tmp_path / "uninterrupted"
     subprocess.run(_cli(ref, name), check=True, env=env, capture_output=True, cwd=REPO)
     summary = json.loads((ref / "summary.json").read_text())

@@ -23,6 +23,7 @@ import time
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
+import xla_env
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 12
@@ -42,7 +43,7 @@ CONFIG = [f"--config={REPO / 'configs/debug.py'}", f"--config.steps={STEPS}",
 
 
 def _env(devices):
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    return {**os.environ, "XLA_FLAGS": xla_env.with_devices(devices),
             "JAX_PLATFORMS": "cpu"}
 
 

@@ -38,6 +38,7 @@ from seam_jax.theory import bound, precision, report
 from seam_jax.theory.precision import (
     check_perturbation, get_precision, perturbation_survival, precision_scope, warn_if_vanishing,
 )
+import xla_env
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 F64 = get_precision("float64")
@@ -260,7 +261,7 @@ def test_check_perturbation_on_a_bfloat16_compute_model(caplog):
 def test_theory_job_end_to_end(tmp_path):
     """``python -m seam_jax.main --config=configs/debug.py:theory``: float64, float32, bfloat16."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env["XLA_FLAGS"] = ""  # one device is enough; the fake 8 of conftest only cost memory here
+    env["XLA_FLAGS"] = xla_env.with_devices(None)  # one device is enough; the fake 8 of conftest only cost memory here
     proc = subprocess.run(
         [sys.executable, "-m", "seam_jax.main", f"--config={REPO / 'configs' / 'debug.py'}:theory",
          f"--config.run_dir={tmp_path}"],

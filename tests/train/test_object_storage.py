@@ -29,6 +29,7 @@ from safetensors.numpy import load_file
 
 import fake_gcs
 import tiny
+import xla_env
 from seam_jax import storage
 from seam_jax.errors import ConfigError
 from seam_jax.main import main
@@ -238,7 +239,8 @@ def test_seam_job_in_a_bucket_killed_and_resumed_equals_the_uninterrupted_local_
     url, host = bucket
     steps = ["--config.steps=20", "--config.checkpoint.every=4", "--config.checkpoint.keep=3",
              "--config.checkpoint.use_async=True"]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", **fake_gcs.env(server)}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_env.with_devices(None),
+           **fake_gcs.env(server)}
     ref = tmp_path / "uninterrupted"
     subprocess.run(_cli(ref, *steps), check=True, env=env, capture_output=True, cwd=tmp_path)
 
@@ -315,7 +317,8 @@ def test_the_experiment_job_runs_in_a_bucket(server, bucket, tmp_path):
     run directories, the attack results, the cached evaluations, the report) are objects
     there and nothing is written to the working directory."""
     url, host = bucket
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", **fake_gcs.env(server)}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_env.with_devices(None),
+           **fake_gcs.env(server)}
     code = fake_gcs.PRELUDE.format(tests=str(TESTS)) + \
         "from seam_jax.main import main; sys.exit(main(sys.argv))"
     work = tmp_path / "cwd"

@@ -15,6 +15,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import tiny
+import xla_env
 from seam_jax.main import main
 from seam_jax.seam.objective import SeamHyper, sft_gradient
 from seam_jax.train.checkpoint import CheckpointConfig, Checkpointer
@@ -37,7 +38,7 @@ def _final_weights(run_dir):
 @pytest.mark.e2e  # two whole SEAM jobs in subprocesses (about a minute)
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     steps = ["--config.steps=20", "--config.checkpoint.every=4", "--config.checkpoint.use_async=True"]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_env.with_devices(None)}
     ref = tmp_path / "uninterrupted"
     subprocess.run(_cli(ref, *steps), check=True, env=env, capture_output=True)
 

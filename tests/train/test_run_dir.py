@@ -21,6 +21,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import tiny
+import xla_env
 from seam_jax.main import main
 from seam_jax.train import run_dir as rd
 from seam_jax.train.checkpoint import CheckpointConfig, Checkpointer
@@ -273,7 +274,7 @@ _TWICE = textwrap.dedent("""
 def test_a_second_ctrl_c_exits_at_once(tmp_path):
     script = _TWICE.format(tests=str(REPO / "tests"), run_dir=str(tmp_path / "run"))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "XLA_FLAGS": ""})
+                          timeout=300, env={**os.environ, "XLA_FLAGS": xla_env.with_devices(None)})
     assert proc.returncode == 130, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert lines[-1] == ("seam_jax: SIGINT again: exiting now, without a checkpoint at this "
@@ -294,7 +295,7 @@ def test_sigterm_on_the_debug_job_saves_and_resumes(tmp_path):
     steps = 200
     cmd = [sys.executable, "-m", "seam_jax.main", *DEBUG, f"--config.run_dir={run_dir}",
            f"--config.steps={steps}", "--config.checkpoint.every=50"]
-    env = {**os.environ, "XLA_FLAGS": ""}
+    env = {**os.environ, "XLA_FLAGS": xla_env.with_devices(None)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     metrics = run_dir / "metrics.jsonl"
