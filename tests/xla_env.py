@@ -10,7 +10,8 @@
   tolerance holds as stated; a test that compares two programs bitwise compiles both under
   the same flags. The slow tests run the real SmolLM2 weights, where execution dominates:
   ``-m slow`` keeps XLA's defaults (conftest's ``pytest_configure``), as does
-  ``SEAM_TEST_XLA_CODEGEN=default``.
+  ``SEAM_TEST_XLA_CODEGEN=default``. One test checks a property of the jobs' own code
+  generation and compiles its program with ``JOB_CODEGEN``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ import re
 FAKE_DEVICES = "--xla_force_host_platform_device_count=8"
 CODEGEN = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true",
            "--xla_cpu_use_fusion_emitters=false")
+# Per-program compiler options that restore the jobs' code generation where a test checks a
+# property of it: the fusion emitters (XLA:CPU's default), under which two evaluations of
+# one gradient in one program compile to the same loops
+# (tests/seam/test_sd_precision.py, bit-identical gradients at theta and theta + 0 d).
+JOB_CODEGEN = {"xla_cpu_use_fusion_emitters": True}
 _COUNT = re.compile(r"--xla_force_host_platform_device_count=\S+")
 
 
