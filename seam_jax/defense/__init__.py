@@ -20,13 +20,8 @@ trains a baseline's LoRA adapters on the frozen base, as Booster's and Vaccine's
 code do (seam_jax/defense/trainable.py; ``defense.lora_*``), through the same step
 builder, loop, checkpoints and export (the adapters merged into the weights).
 
-The cost of one step relative to an SFT step (measured once on a 2-core CPU, a float32
-model of 4 layers, hidden 256, vocabulary 2048, batch 4 x 64, AdamW, median of 5 jitted
-steps; the SFT step itself 111 ms, and ``none``, the same program, 95 ms, so about 15%
-is noise): ``none`` 0.86, ``vaccine`` 1.02 (its first pass needs no weight gradients),
-``booster`` 2.05, ``repnoise`` 2.67, ``seam`` 4.51 (hessian_free, beta 0.01), ``tar``
-5.15 with one adversary of K = 2 steps (each adversary step adds an adversary gradient
-and a tamper-resistance gradient).
+The cost of one step relative to an SFT step: README.md ("Defenses and experiments"),
+measured by ``python -m benchmarks.defense_step`` at SmolLM2-135M's shape.
 """
 
 from __future__ import annotations
