@@ -4,7 +4,7 @@
     python -m seam_jax.main --config=configs/default.py:seam   # the SEAM job alone
 
 Job "experiment" on the offline proxy data, sized for at most 20 minutes on a 2-core CPU
-(measured 13 min 35 s on 2026-12-07; README.md has the figures):
+(measured 13 min 35 s and 9 min 37 s on 2026-12-07; README.md has the figures):
 the base model is evaluated; two arms are trained from it with the same data, order and
 steps, ``control`` (seam.beta = 0: L_ul + alpha L_up) and ``seam`` (beta 1), each 16 steps
 of batch 2 x 96 tokens (the chat template with SmolLM2's system prompt makes a proxy pair
