@@ -40,14 +40,12 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))  # LRU evi
 
 
 def pytest_configure(config):
-    """Cheaper XLA:CPU code generation (``xla_env.CODEGEN``) for the fast selection only:
-    not when it asks for the slow tests (the real weights, where execution dominates) or
-    the e2e ones (see xla_env), nor under SEAM_TEST_XLA_CODEGEN=default. Here, before any
-    test module imports JAX; the xdist workers and the jobs the tests start inherit the
-    environment."""
-    expr = config.getoption("markexpr") or ""
-    wants = [m for m in ("slow", "e2e") if m in expr.replace(f"not {m}", "")]
-    if wants or os.environ.get("SEAM_TEST_XLA_CODEGEN") == "default":
+    """Cheaper XLA:CPU code generation (``xla_env.CODEGEN``) unless the selection asks for
+    the slow tests (the real weights, where execution dominates) or
+    SEAM_TEST_XLA_CODEGEN=default. Here, before any test module imports JAX; the xdist
+    workers and the jobs the tests start inherit the environment."""
+    wants_slow = "slow" in (config.getoption("markexpr") or "").replace("not slow", "")
+    if wants_slow or os.environ.get("SEAM_TEST_XLA_CODEGEN") == "default":
         return
     have = os.environ["XLA_FLAGS"].split()
     os.environ["XLA_FLAGS"] = " ".join([*have, *(f for f in xla_env.CODEGEN if f not in have)])

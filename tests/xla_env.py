@@ -9,12 +9,8 @@
   change how the arithmetic is scheduled into machine code, not what it computes, so every
   tolerance holds as stated; a test that compares two programs bitwise compiles both under
   the same flags. The slow tests run the real SmolLM2 weights, where execution dominates:
-  ``-m slow`` keeps XLA's defaults (conftest's ``pytest_configure``), as does ``-m e2e``:
-  one of three ``.ci/run`` e2e selections under these flags (2026-12-07) lost a worker to
-  an abort inside the in-process sharded SEAM job (tests/parallel/test_seam_job.py, warm
-  cache; the test passed alone twice, and the cause is not known), and the e2e selection
-  had passed under XLA's defaults in every earlier run. ``SEAM_TEST_XLA_CODEGEN=default``
-  keeps the defaults everywhere. One test checks a property of the jobs' own code
+  ``-m slow`` keeps XLA's defaults (conftest's ``pytest_configure``), as does
+  ``SEAM_TEST_XLA_CODEGEN=default``. One test checks a property of the jobs' own code
   generation and compiles its program with ``JOB_CODEGEN``.
 """
 
