@@ -87,6 +87,7 @@ def _run(c: mlc.ConfigDict, run_dir: pathlib.Path) -> dict[str, Any]:
     manifest = run_dir_lib.Manifest.open(run_dir, c, job="seam")
     hp = seam_hyper(c)
     defense = defense_lib.get(str(c.defense.name))
+    label = "SEAM" if defense.name == "seam" else defense.name  # the progress bar's and log's
     setup = training_setup(c)
     m = load_model(c, setup.param_shardings_fn if setup else None)
     data = load_experiment_data(c, run_dir)
@@ -173,7 +174,7 @@ def _run(c: mlc.ConfigDict, run_dir: pathlib.Path) -> dict[str, Any]:
     state = run_loop(
         m.params, step_fn, source,
         LoopConfig(steps=c.steps, run_dir=run_dir, seed=c.seed,
-                   desc="SEAM" if defense.name == "seam" else defense.name,
+                   desc=label,
                    checkpoint=CheckpointConfig(**c.checkpoint.to_dict()),
                    postfix=defense.metrics[:4], progress=c.progress,
                    empty_hint=hint),
@@ -202,5 +203,6 @@ def _run(c: mlc.ConfigDict, run_dir: pathlib.Path) -> dict[str, Any]:
     summary["wall_seconds"] = round(time.time() - t0, 1)
     if jax.process_index() == 0:  # the processes of a job share the run directory
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    log.info("SEAM done in %.0f s; summary in %s", summary["wall_seconds"], run_dir / "summary.json")
+    log.info("%s done in %.0f s; summary in %s", label, summary["wall_seconds"],
+             run_dir / "summary.json")
     return summary

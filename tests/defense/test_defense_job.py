@@ -46,9 +46,11 @@ def _weights(run_dir):
 def test_defense_trains_resumes_bitwise_after_sigkill_and_exports(tmp_path, name):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_env.with_devices(None)}
     ref = tmp_path / "uninterrupted"
-    subprocess.run(_cli(ref, name), check=True, env=env, capture_output=True, cwd=REPO)
+    first = subprocess.run(_cli(ref, name), check=True, env=env, capture_output=True, text=True,
+                           cwd=REPO)
     summary = json.loads((ref / "summary.json").read_text())
     assert summary["defense"] == name.partition("+")[0]
+    assert f"{summary['defense']} done in " in first.stderr and "SEAM done" not in first.stderr
     rows = [json.loads(l) for l in (ref / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 20 and all(r["skipped"] == 0 for r in rows)
 
