@@ -25,3 +25,17 @@ def test_override_and_typo():
     assert c.seam.beta == 0.5 and c.model.source == "default"
     with pytest.raises(UsageError, match="Did you mean"):
         parse(["seam_jax", "--config.seam.betaa=0.5"])
+
+
+def test_cpu_presets_checkpoint_synchronously_and_attacks_follow_the_run():
+    from seam_jax.config import base_config
+    from seam_jax.jobs.attack import attack_checkpoint
+
+    base = base_config()  # what accelerator runs start from
+    assert base.checkpoint.use_async and attack_checkpoint(base).use_async
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    for arg in ("", ":seam"):
+        c = parse(["seam_jax", f"--config={repo / 'configs' / 'default.py'}{arg}"])
+        assert c.checkpoint.use_async is False, arg
+        ck = attack_checkpoint(c)
+        assert (ck.use_async, ck.every, ck.keep) == (False, c.attack.checkpoint_every, 1), arg

@@ -238,7 +238,8 @@ def _fresh_cell_dir(cell_dir: pathlib.Path, train_key: str, first_missing: int) 
 def sweep(models: Mapping[str, Callable[[], LoadedModel]], cells: Sequence[AttackCell],
           rows: Sequence[Mapping[str, Any]], out_dir: pathlib.Path, evaluate: Evaluate,
           data: AttackData = AttackData(), *, keep_checkpoints: bool = False,
-          progress: bool = False, checkpoint_every: int = 50, eval_every: int = 0,
+          progress: bool = False,
+          checkpoint: CheckpointConfig = CheckpointConfig(every=50, keep=1), eval_every: int = 0,
           model_keys: Mapping[str, Any] | None = None,
           eval_key: Any = None) -> list[dict[str, Any]]:
     """Attack every model with every cell, evaluating each at ``eval_steps(cell.steps,
@@ -249,7 +250,9 @@ def sweep(models: Mapping[str, Callable[[], LoadedModel]], cells: Sequence[Attac
     ``eval_key`` (what ``evaluate`` measures); a rerun or a resume reads back exactly the
     rows of its key, computes only the missing steps and never writes a (key, step)
     twice. ``models`` maps a name to a loader, so a model whose rows are all there is
-    never loaded. Returns the rows in model, cell and step order.
+    never loaded. ``checkpoint`` is each cell's (its ``keep`` is honoured while the cell
+    runs; ``keep_checkpoints=False`` removes them once it is done). Returns the rows in
+    model, cell and step order.
     """
     out_dir = pathlib.Path(out_dir) if storage.is_local(out_dir) else storage.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -283,7 +286,7 @@ def sweep(models: Mapping[str, Callable[[], LoadedModel]], cells: Sequence[Attac
                          cell.steps)
 
             run_attack(m, cell, rows, cell_dir, data, progress=progress,
-                       checkpoint=CheckpointConfig(every=checkpoint_every, keep=1),
+                       checkpoint=checkpoint,
                        eval_at=missing, on_eval=record)
             if not keep_checkpoints:
                 # A finished cell is its result rows; its optimizer state is only disk weight.

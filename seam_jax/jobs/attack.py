@@ -23,6 +23,7 @@ from seam_jax.data.proxy import DEFAULT_N_BENIGN
 from seam_jax.errors import ConfigError
 from seam_jax import storage
 from seam_jax.train import run_dir as run_dir_lib
+from seam_jax.train.checkpoint import CheckpointConfig
 from seam_jax.eval.behaviour import benign_exact_match
 from seam_jax.eval.harm import (CoherenceReference, coherence_reference, harmfulness, make_scorers,
                                 written_answers)
@@ -142,6 +143,13 @@ def targets(c: mlc.ConfigDict) -> dict[str, Callable[[], LoadedModel]]:
     return out
 
 
+def attack_checkpoint(c: mlc.ConfigDict) -> CheckpointConfig:
+    """An attack cell's checkpoints: every ``attack.checkpoint_every`` steps, the newest
+    kept, asynchronous as the run's own (``checkpoint.use_async``)."""
+    return CheckpointConfig(every=int(c.attack.checkpoint_every), keep=1,
+                            use_async=bool(c.checkpoint.use_async))
+
+
 def run(c: mlc.ConfigDict) -> list[dict[str, Any]]:
     run_dir = run_dir_lib.resolve(c.run_dir)  # the one conversion (file:// URLs too)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +159,7 @@ def run(c: mlc.ConfigDict) -> list[dict[str, Any]]:
     out_dir = storage.Path(c.attack.out_dir or run_dir / "attacks")  # local or gs://
     rows = sweep(models, cells, data.splits.attack, out_dir, make_evaluator(c, data),
                  attack_data(c), keep_checkpoints=c.attack.keep_checkpoints, progress=c.progress,
-                 checkpoint_every=c.attack.checkpoint_every, eval_every=c.attack.eval_every,
+                 checkpoint=attack_checkpoint(c), eval_every=c.attack.eval_every,
                  eval_key={k: c[k].to_dict() for k in ("harm", "utility", "data", "eval")})
     write_report(out_dir, before={}, attacked=rows, pca=None)
     log.info("attack sweep done: %d results in %s", len(rows), out_dir / "results.jsonl")

@@ -49,7 +49,7 @@ from seam_jax.eval.finetune import finetune_score, get_task, load_task_rows
 from seam_jax.eval.pca import N_COMPONENTS, gradient_pca
 from seam_jax.eval.report import model_name, write_report
 from seam_jax.jobs import seam as seam_job
-from seam_jax.jobs.attack import attack_data, make_evaluator
+from seam_jax.jobs.attack import attack_checkpoint, attack_data, make_evaluator
 from seam_jax.hf.source import LoadedModel, load_model
 from seam_jax.jobs.data import ExperimentData, load_experiment_data
 from seam_jax.train import run_dir as run_dir_lib
@@ -299,7 +299,7 @@ def _run_seed(c: mlc.ConfigDict, run_dir: pathlib.Path, arms: list[str], seed: i
         {n: (lambda n=n: get(n)) for n in names}, cells, data.splits.attack,
         storage.Path(c.attack.out_dir or run_dir / "attacks"), evaluate, attack_data(c),
         keep_checkpoints=c.attack.keep_checkpoints, progress=c.progress,
-        checkpoint_every=c.attack.checkpoint_every, eval_every=c.attack.eval_every,
+        checkpoint=attack_checkpoint(c), eval_every=c.attack.eval_every,
         model_keys={n: key_of(n) for n in names}, eval_key=eval_fields))
     pca = None
     if c.utility.pca_batches > 0:
