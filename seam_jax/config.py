@@ -184,8 +184,8 @@ def cpu_size(c: mlc.ConfigDict) -> mlc.ConfigDict:
     c.checkpoint.every = 10
     # Synchronous checkpoints: on a CPU the device arrays are host memory, and an
     # asynchronous save copies the whole state to write it while the next steps run
-    # (measured on the default run, 2026-12-07: the SEAM stage's peak RSS 12.05 GB with
-    # them, 9.71 GB without). On an accelerator that copy is the device-to-host transfer a
+    # (measured on the default run, 2026-12-07: peak RSS 12.05 GB with them, 9.18 GB
+    # without, in the SEAM steps after the checkpoint either way). On an accelerator that copy is the device-to-host transfer a
     # save needs anyway, and overlapping it with the steps saves their time: base_config
     # keeps them.
     c.checkpoint.use_async = False
