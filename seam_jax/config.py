@@ -184,10 +184,10 @@ def cpu_size(c: mlc.ConfigDict) -> mlc.ConfigDict:
     c.checkpoint.every = 10
     # Synchronous checkpoints: on a CPU the device arrays are host memory, and an
     # asynchronous save copies the whole state to write it while the next steps run
-    # (measured on the default run, 2026-12-07: peak RSS 12.05 GB with them, 9.18 GB
-    # without, in the SEAM steps after the checkpoint either way). On an accelerator that copy is the device-to-host transfer a
-    # save needs anyway, and overlapping it with the steps saves their time: base_config
-    # keeps them.
+    # (measured on the default run, 2026-12-07: peak RSS 12.05 GB with async saves, in the
+    # SEAM step after a checkpoint; 9.18 GB without, in every SEAM step). On an
+    # accelerator that copy is the device-to-host transfer a save needs anyway, and
+    # overlapping it with the steps saves their time: base_config keeps them.
     c.checkpoint.use_async = False
     c.eval.n_prompts = 32
     c.eval.max_new_tokens = 32
@@ -200,19 +200,13 @@ def experiment_config() -> mlc.ConfigDict:
     cells 2 and 5 (lr 5e-5, 2e-4) with 64 samples (16 steps of batch 4), evaluated at steps 8
     and 16; HS on 32 prompts of 32 new tokens, utility on 200 benign and 200 MC items, PCA on
     12 + 12 batches. configs/selfdestruct.py starts from it."""
-    c = base_config()
+    c = cpu_size(base_config())  # batch 2 x 96, 20 steps at lr 5e-5, synchronous checkpoints
     c.job = "experiment"
     c.run_dir = "runs/experiment"
     c.model.source = "default"
     c.data.format = "chat"
-    c.data.context_length = 96
-    c.data.batch_size = 2
-    c.data.n_defense, c.data.n_attack, c.data.n_test = 2000, 400, 100
+    c.data.n_defense, c.data.n_test = 2000, 100
     c.seam.beta = 1.0
-    c.steps = 20
-    c.optim.lr = 5e-5
-    c.checkpoint.every = 10
-    c.checkpoint.use_async = False  # synchronous on a CPU: cpu_size says why
     c.eval.enabled = False  # the experiment evaluates every model itself
     c.attack.grid = "paper_1k"
     c.attack.cells = "2,5"

@@ -144,10 +144,10 @@ def targets(c: mlc.ConfigDict) -> dict[str, Callable[[], LoadedModel]]:
 
 
 def attack_checkpoint(c: mlc.ConfigDict) -> CheckpointConfig:
-    """An attack cell's checkpoints: every ``attack.checkpoint_every`` steps, the newest
-    kept, asynchronous as the run's own (``checkpoint.use_async``)."""
-    return CheckpointConfig(every=int(c.attack.checkpoint_every), keep=1,
-                            use_async=bool(c.checkpoint.use_async))
+    """An attack cell's checkpoints: the run's own (``checkpoint``: asynchronous or not),
+    every ``attack.checkpoint_every`` steps, the newest kept."""
+    return CheckpointConfig(**{**c.checkpoint.to_dict(), "every": int(c.attack.checkpoint_every),
+                               "keep": 1})
 
 
 def run(c: mlc.ConfigDict) -> list[dict[str, Any]]:
