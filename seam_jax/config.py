@@ -174,8 +174,8 @@ def base_config() -> mlc.ConfigDict:
 
 def cpu_size(c: mlc.ConfigDict) -> mlc.ConfigDict:
     """The 2-core CPU size of configs/default.py:seam and the baselines' :cpu variants:
-    batch 2 x 96, 20 steps at lr 5e-5, a synchronous checkpoint every 10, 400 attack rows,
-    32 held-out prompts of 32 new tokens."""
+    batch 2 x 96, 20 steps at lr 5e-5, a synchronous checkpoint every 10, the sequential
+    L_sd difference, 400 attack rows, 32 held-out prompts of 32 new tokens."""
     c.data.context_length = 96
     c.data.batch_size = 2
     c.data.n_attack = 400
@@ -189,6 +189,12 @@ def cpu_size(c: mlc.ConfigDict) -> mlc.ConfigDict:
     # accelerator that copy is the device-to-host transfer a save needs anyway, and
     # overlapping it with the steps saves their time: base_config keeps them.
     c.checkpoint.use_async = False
+    # The L_sd finite difference one side at a time: on XLA:CPU it is as fast as the vmapped
+    # pair and holds one perturbed copy of theta, not two (benchmarks/seam_step.py, SmolLM2
+    # at batch 4 x 128, one run, 2026-12-07: 18.8 s and 4.97 GB peak against 22.8 s and
+    # 5.96 GB). On an accelerator the vmapped pair doubles the batch of every product, and
+    # base_config keeps it.
+    c.seam.vmap = False
     c.eval.n_prompts = 32
     c.eval.max_new_tokens = 32
     return c

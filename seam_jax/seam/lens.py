@@ -10,7 +10,9 @@ for the logits and two for the gradients (``dx = (softmax - onehot) W^T`` and
 alive at a time. Positions outside the loss mask (the prompt) are left out of the
 projections: rows are ordered targets first, cut into chunks, and a chunk with no
 target is skipped. The backward passes through the decoder body (one for ``L_ul``, one for
-``g_a``) run together as one ``vmap`` of the body's pullback.
+``g_a``) are two calls of one pullback: as one ``vmap`` of it, their gradients were one
+stacked buffer, which XLA kept whole for as long as ``g_a`` was needed (through the whole
+SEAM step), a parameter-sized buffer more than the two gradients.
 
 ``tests/seam/test_lens.py`` checks this against plain autodiff of
 ``losses.unlearning_and_attack_losses``.
@@ -179,9 +181,8 @@ def ul_and_attack_gradients(
     if in_mean:
         dh_ul = dh_ul.at[n_layers].add((a * dh_last).astype(hidden.dtype))
     dh_a = jnp.zeros_like(hidden).at[n_layers].set((dh_last / count).astype(hidden.dtype))
-    (g_both,) = jax.vmap(body_vjp)(jnp.stack([dh_ul, dh_a]))
-    g_ul = jax.tree.map(lambda x: x[0], g_both)
-    g_a = jax.tree.map(lambda x: x[1], g_both)
+    (g_ul,) = body_vjp(dh_ul)
+    (g_a,) = body_vjp(dh_a)
 
     head_ul = a * (dw_sum + (dw_last if in_mean else 0.0))
     norm_ul = a * (dnw_sum + (dnw_last if in_mean else 0.0))

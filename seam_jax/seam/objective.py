@@ -22,10 +22,10 @@ from seam_jax.model.api import ModelFn, Params
 from seam_jax.model.config import REMAT_POLICIES, ModelConfig
 from seam_jax.seam.lens import ul_and_attack_gradients
 from seam_jax.seam.losses import check_batch, masked_ce, unlearning_and_attack_losses
-from seam_jax.seam.sd_grad import (
-    ESTIMATORS, SD_PRECISIONS, Geometry, geometry, sd_gradient, theta_grads, widens,
-)
 from seam_jax.tree import tree_axpy
+from seam_jax.seam.sd_grad import (
+    ESTIMATORS, SD_PRECISIONS, Geometry, anchored, geometry, in_order, sd_gradient, theta_grads, widens,
+)
 
 
 SD_REMAT = ("model", *REMAT_POLICIES)
@@ -118,24 +118,28 @@ def _count(batch: dict) -> jax.Array:
     return jnp.sum(batch["loss_mask"][:, 1:])
 
 
-def sd_term(fn: ModelFn, params: Params, adv: dict, bgn: dict, g_a: Params, g_b: Params,
-            hp: SeamHyper) -> tuple[Geometry, Params]:
-    """(the geometry of L_sd at theta, grad L_sd) by ``hp.estimator`` under ``hp.sd_precision``.
+def sd_term(fn: ModelFn, params: Params, adv: dict, bgn: dict, g_a: Params | None,
+            g_b: Params | None, hp: SeamHyper, total: Params | None = None,
+            ok: jax.Array | bool = True) -> tuple[Geometry, Params]:
+    """(the geometry of L_sd at theta, ``total + beta grad L_sd``) by ``hp.estimator`` under
+    ``hp.sd_precision``; ``grad L_sd`` itself when ``total`` is None.
 
     ``g_a``, ``g_b`` are the step's own gradients at theta (compute dtype). Where the
-    policy widens (``sd_precision='float32'`` on a narrower model) they are not used:
-    g_a, g_b at theta come from the estimator's own float32 program (``theta_grads``,
-    the unperturbed point of ``perturbed_grads``), so ``g(theta + eps d) - g(theta)``
-    holds no program-to-program round-off; under ``jit`` XLA then drops the unused
-    backward pass of the step's ``g_b`` when nothing else reads it.
+    policy widens (``sd_precision='float32'`` on a narrower model) they are not read (the
+    step passes None): g_a, g_b at theta come from the estimator's own float32 program
+    (``theta_grads``, at ``theta + 0 theta`` as the perturbed points are formed), so
+    ``g(theta + eps d) - g(theta)`` holds no round-off of a different program, and the
+    step computes no backward pass for its own g_b. ``ok``: "the step is finite so far"
+    (``sd_grad.in_order``).
     """
     fn_sd = sd_model(fn, hp)
     grad_ce = jax.grad(functools.partial(masked_ce, fn_sd))
     if widens(hp.sd_precision, fn.config.dtype):
-        g_a, g_b = theta_grads(grad_ce, params, [adv, bgn], vmap=hp.vmap)
-    geo = geometry(g_a, g_b)
-    g_sd = sd_gradient(hp.estimator, grad_ce, params, adv, bgn, g_a, g_b, geo, eps=hp.eps, vmap=hp.vmap)
-    return geo, g_sd
+        g_a, g_b = theta_grads(grad_ce, params, [adv, bgn], vmap=hp.vmap, ok=ok)
+    geo = geometry(g_a, g_b, directions=False)
+    total = sd_gradient(hp.estimator, grad_ce, params, adv, bgn, g_a, g_b, geo, eps=hp.eps,
+                        vmap=hp.vmap, into=total, weight=hp.beta)
+    return geo, total
 
 
 def seam_gradient(fn: ModelFn, params: Params, batches: dict[str, dict], hp: SeamHyper
@@ -144,23 +148,57 @@ def seam_gradient(fn: ModelFn, params: Params, batches: dict[str, dict], hp: Sea
 
     Each batch is ``check_batch``'s [B, T] triple; the direction has the shapes of
     ``params`` and every metric is a scalar (chex checks all three at trace time).
+
+    The gradient evaluations run one after another (``sd_grad.in_order``: the logit lens,
+    then L_up's and g_b's, then L_sd's), and each one's result is added into the running
+    total before the next starts. Besides theta and the optimizer state, the step then
+    holds the total, ``g_a``, ``g_b`` and the evaluation in progress with its activations.
+    Once a loss is not finite the evaluations after it are not run (the step is skipped).
     """
     adv, aln, bgn = batches["adv"], batches["aln"], batches["bgn"]
     for b in (adv, aln, bgn):
         check_batch(b)
 
     ce = functools.partial(masked_ce, fn)
-    (l_ul, l_a), (g_ul, g_a) = ul_and_attack(fn, params, adv, hp)
-    l_up, g_up = jax.value_and_grad(ce)(params, aln)
-    l_b, g_b = jax.value_and_grad(ce)(params, bgn)
-    total = tree_axpy(hp.alpha, g_up, g_ul)
-    if hp.beta:
-        geo, g_sd = sd_term(fn, params, adv, bgn, g_a, g_b, hp)
-        total = tree_axpy(hp.beta, g_sd, total)
+    # Under the float32 policy on a narrower model, L_sd computes its own g_a and g_b
+    # (``sd_term``); the step's g_b then serves nothing but the gamma term.
+    own_sd = bool(hp.beta) and widens(hp.sd_precision, fn.config.dtype)
+    with jax.named_scope("lens"):
+        (l_ul, l_a), (g_ul, g_a) = ul_and_attack(fn, params, adv, hp)
+
+    # L_up's gradient into the total (alpha), then g_b's into its own buffer (and gamma
+    # times it into the total), one after the other (``in_order``).
+    def ce_phase(carry: tuple, item: tuple[int, dict], zero: jax.Array) -> tuple:
+        total, g_a, g_b, losses = carry  # g_a passes through: the lens is done before
+        i, batch = item
+        loss, g = jax.value_and_grad(ce)(params, anchored(zero, batch))
+        if i == 0:
+            total = tree_axpy(hp.alpha, g, total)
+        else:
+            g_b = g
+            if hp.gamma_benign:
+                total = tree_axpy(hp.gamma_benign, g, total)
+        return total, g_a, g_b, losses.at[i].set(loss)
+
+    ok = jnp.isfinite(l_ul)
+    losses = jnp.full((2,), jnp.nan, jnp.float32)
+    total, g_a, _, losses = in_order("L_up", ce_phase, (g_ul, None if own_sd else g_a, None, losses),
+                                     [(0, aln)], ok)
+    if own_sd and not hp.gamma_benign:
+        g_b, l_b = None, ce(params, bgn)  # the loss alone, a metric: one forward pass
     else:
-        geo = geometry(g_a, g_b)
-    if hp.gamma_benign:
-        total = tree_axpy(hp.gamma_benign, g_b, total)
+        # g_b's buffer, made from the total so that XLA allocates it only now: a zeros
+        # constant was allocated before L_up's pass and lived through it.
+        slot = jax.tree.map(lambda t: t * 0, total)
+        total, g_a, g_b, losses = in_order("g_b", ce_phase, (total, g_a, slot, losses),
+                                           [(1, bgn)], ok)
+        l_b = losses[1]
+    l_up = losses[0]
+    if hp.beta:
+        ok = jnp.isfinite(l_ul) & jnp.isfinite(l_up) & jnp.isfinite(l_b)
+        geo, total = sd_term(fn, params, adv, bgn, g_a, None if own_sd else g_b, hp, total, ok)
+    else:
+        geo = geometry(g_a, g_b, directions=False)
     loss = l_ul + hp.alpha * l_up + hp.beta * geo.cos + hp.gamma_benign * l_b
     metrics = {
         "loss": loss, "L_ul": l_ul, "L_up": l_up, "L_sd": geo.cos, "cos": geo.cos,

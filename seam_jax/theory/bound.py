@@ -65,7 +65,7 @@ from seam_jax.errors import ConfigError, SeamError
 from seam_jax.model.api import ModelFn, Params
 from seam_jax.seam.losses import masked_ce
 from seam_jax.seam.sd_grad import (
-    Geometry, central_difference, forward_difference, geometry, hvp, perturb, perturbed_grads,
+    Geometry, by_sides, central_difference, forward_difference, geometry, hvp, perturb, perturbed_grads,
     sd_gradient,
 )
 from seam_jax.tree import error_norm, error_vector, np_norm, to_numpy, tree_norm, tree_scale
@@ -333,18 +333,23 @@ def fd_estimates(grad_fn: Callable[[Params, dict], Tree], params: Params, batch_
     """(name, estimate) for the forward and/or central difference at one eps.
 
     Both share ``g(theta + eps d)``: four gradients for the pair instead of six. The
-    arithmetic is ``sd_gradient``'s own (``perturbed_grads``, ``forward_difference``,
-    ``central_difference``), so each estimate is bit-identical to ``sd_gradient(name, ...)``
-    (a test checks it).
+    arithmetic is ``sd_gradient``'s own (``perturbed_grads`` with ``forward_difference`` and
+    ``central_difference`` when vmapped, ``by_sides`` otherwise), so each estimate is
+    bit-identical to ``sd_gradient(name, ...)`` (a test checks it).
     """
+    names = [e for e in ("hessian_free", "central") if e in estimators]
+    if not vmap:
+        yield from zip(names, by_sides(tuple(names), grad_fn, params, batch_a, batch_b, g_a, g_b,
+                                       geo, eps))
+        return
     points = [(geo.d_a, eps, batch_a), (geo.d_b, eps, batch_b)]
-    if "central" in estimators:
+    if "central" in names:
         points += [(geo.d_a, -eps, batch_a), (geo.d_b, -eps, batch_b)]
-    grads = perturbed_grads(grad_fn, params, points, vmap=vmap)
+    grads = perturbed_grads(grad_fn, params, points)
     gp_a, gp_b = grads[0], grads[1]
-    if "hessian_free" in estimators:
+    if "hessian_free" in names:
         yield "hessian_free", forward_difference(gp_a, gp_b, g_a, g_b, geo, eps)
-    if "central" in estimators:
+    if "central" in names:
         gm_a, gm_b = grads[2], grads[3]
         del grads
         yield "central", central_difference(gp_a, gp_b, gm_a, gm_b, geo, eps)

@@ -20,7 +20,9 @@ import xla_env
 from seam_jax.errors import ConfigError
 from seam_jax.seam.losses import masked_ce
 from seam_jax.seam.objective import SeamHyper, sd_model, sd_term, seam_gradient
-from seam_jax.seam.sd_grad import SD_PRECISIONS, geometry, perturbed_grads, sd_gradient, theta_grads
+from seam_jax.seam.sd_grad import (
+    SD_PRECISIONS, geometry, gradient_at, perturbed_grads, sd_gradient, side_direction, theta_grads,
+)
 from seam_jax.theory.precision import REALISED_COS_MIN, check_sd_precision, realised_perturbation
 from seam_jax.tree import error_norm, np_norm
 
@@ -139,17 +141,23 @@ def test_theta_and_perturbed_gradients_come_from_one_program(bf16_case, vmap):
     def both(p):
         ga, gb = theta_grads(g, p, [b["adv"], b["bgn"]], vmap=vmap)
         geo = geometry(ga, gb)
-        pa, pb = perturbed_grads(g, p, [(geo.d_a, 0.0, b["adv"]), (geo.d_b, 0.0, b["bgn"])], vmap=vmap)
-        step_geo, _ = sd_term(bf, p, b["adv"], b["bgn"], ga, gb, hp)
+        if vmap:  # the estimator's vmapped program
+            pa, pb = perturbed_grads(g, p, [(geo.d_a, 0.0, b["adv"]), (geo.d_b, 0.0, b["bgn"])])
+        else:  # the sequential estimator's gradients, as ``by_sides`` takes them
+            ok = jnp.isfinite(geo.cos)
+            pa, pb = (gradient_at(g, p, side_direction(geo, side, ga, gb), 0.0, batch, ok)
+                      for side, batch in ((0, b["adv"]), (1, b["bgn"])))
+        step_geo, _ = sd_term(bf, p, b["adv"], b["bgn"], None, None, hp)
         return (ga, gb), (pa, pb), geo, step_geo
 
     compiled = jax.jit(both).lower(params).compile(compiler_options=xla_env.JOB_CODEGEN)
     (ga, gb), (pa, pb), geo, step_geo = compiled(params)
-    for x, y in zip(jax.tree.leaves((ga, gb)), jax.tree.leaves((pa, pb))):
+    for x, y in zip(jax.tree.leaves((ga, gb)), jax.tree.leaves((pa, pb)), strict=True):
         assert np.array_equal(np.asarray(x), np.asarray(y))
     # ... and the SEAM step's L_sd geometry is built from those very theta gradients.
-    for x, y in zip(jax.tree.leaves(geo), jax.tree.leaves(step_geo)):
+    for x, y in zip(geo[:3], step_geo[:3], strict=True):
         assert np.array_equal(np.asarray(x), np.asarray(y))
+    assert step_geo.d_a is None  # the step forms its directions where they are used
 
 
 def test_unknown_policy_is_refused():
