@@ -4,7 +4,8 @@
     rank 3  attack, eval, theory, defense    what is done with a model
     rank 2  seam, train, parallel            the training machinery
     rank 1  model, hf, data                  the model, its files, its data
-    rank 0  errors, tree, storage, __init__  neutral: import nothing of seam_jax above them
+    rank 0  errors, tree, storage, memory,   neutral: import nothing of seam_jax above them
+            __init__
 
 A module may import seam_jax modules of its own rank or below. Every import counts:
 ``import seam_jax.x``, ``from seam_jax.x import y``, ``from seam_jax import x``, relative
@@ -26,7 +27,7 @@ RANKS = {
     "attack": 3, "eval": 3, "theory": 3, "defense": 3,
     "seam": 2, "train": 2, "parallel": 2,
     "model": 1, "hf": 1, "data": 1,
-    "errors": 0, "tree": 0, "storage": 0, "__init__": 0,
+    "errors": 0, "tree": 0, "storage": 0, "memory": 0, "__init__": 0,
 }
 NAMES = {4: "jobs", 3: "domain", 2: "core", 1: "base", 0: "foundation"}
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from seam_jax import storage
+from seam_jax import memory, storage
 from seam_jax.attack.grid import AttackCell
 from seam_jax.attack.lora import LoraFn, init_lora, lora_objective, merge_lora
 from seam_jax.data import PairBatches, harmful_pair
@@ -291,7 +291,9 @@ def sweep(models: Mapping[str, Callable[[], LoadedModel]], cells: Sequence[Attac
             if not keep_checkpoints:
                 # A finished cell is its result rows; its optimizer state is only disk weight.
                 storage.rmtree(cell_dir / "checkpoints")
+            memory.release()  # the cell's training state, freed, back to the system
             log.info("sweep: %s cell %s done", name, cell.name)
+        del m
     return [index[(key, s)] for _, _, key, steps in plan for s in steps]
 
 

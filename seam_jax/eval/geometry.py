@@ -61,7 +61,8 @@ def _pair(fn: ModelFn, p: Params, adv: Batch, bgn: Batch):
     return g_a, g_b, _cos(g_a, g_b)
 
 
-_add = jax.jit(lambda s, g: jax.tree.map(jnp.add, s, g))
+# The running sum is donated: its buffers take the new sum, not a third pair of gradients.
+_add = jax.jit(lambda s, g: jax.tree.map(jnp.add, s, g), donate_argnums=0)
 
 
 def heldout_geometry(fn: ModelFn, params: Params, pairs: Sequence[tuple[Batch, Batch]]

@@ -37,7 +37,7 @@ from typing import Any
 import ml_collections as mlc
 
 from seam_jax import config as config_lib
-from seam_jax import storage
+from seam_jax import memory, storage
 from seam_jax.errors import read_json
 from seam_jax.attack import grid as grid_lib
 from seam_jax.attack.runner import load_checkpoint, sweep
@@ -256,7 +256,13 @@ def _run_seed(c: mlc.ConfigDict, run_dir: pathlib.Path, arms: list[str], seed: i
     keys: dict[str, dict[str, Any]] = {}
 
     def get(name: str) -> LoadedModel:
+        # The base model stays (the coherence judge's reference); of the arms, only the one
+        # in use: the next one loaded drops it (a reload from its checkpoint takes seconds,
+        # and each arm kept is a copy of the parameters through every later stage).
         if name not in models:
+            for other in [n for n in models if n != base]:
+                del models[other]
+            memory.release()
             models[name] = (load_model(c) if name == base
                             else load_checkpoint(run_dir / name, c))
         return models[name]
@@ -283,11 +289,15 @@ def _run_seed(c: mlc.ConfigDict, run_dir: pathlib.Path, arms: list[str], seed: i
         t = time.time()
         value = fn()
         timings[label] = timings.get(label, 0.0) + time.time() - t
+        memory.release()  # the stage's freed arrays back to the system (``seam_jax.memory``)
         return value
 
     before = {base: timed("eval_base", lambda: evaluated(base))}
     for name, arm in names.items():
         if arm_overrides(c, arm) is not None:
+            # Training holds its own copy of the model: none of this seed's is kept through it
+            # (the evaluations after it load the base model again, in a second or two).
+            models.clear()
             timed(f"defense_{arm}", lambda: defend(arm_config(c, arm, run_dir / name),
                                                    run_dir / name))
             before[name] = timed(f"eval_{arm}", lambda: evaluated(name))

@@ -19,6 +19,7 @@ import ml_collections as mlc
 
 from seam_jax import config as config_lib
 from seam_jax import defense as defense_lib
+from seam_jax import memory
 from seam_jax.defense import seam_hyper
 from seam_jax.eval import geometry as geometry_lib
 from seam_jax.eval.behaviour import behaviour
@@ -161,6 +162,7 @@ def _run(c: mlc.ConfigDict, run_dir: pathlib.Path) -> dict[str, Any]:
         if not any(r["step"] == 0 for r in geometry_lib.read_records(geo_path)):
             geo_path.unlink(missing_ok=True)
             record_geometry(0, m.params)
+            memory.release()  # its gradients, freed, back to the system before the step compiles
     step_fn = train_step(c, m.fn, setup)
     on_state = None
     if geo_pairs and every > 0:
@@ -181,6 +183,9 @@ def _run(c: mlc.ConfigDict, run_dir: pathlib.Path) -> dict[str, Any]:
         meta={"config_digest": summary["config_digest"]}, place_batch=place, on_state=on_state,
     )
     params = step_fn.model_params(state)  # LoRA: the adapters merged into the base
+    # The optimizer's moments (two parameter-sized buffers) are not read after the last
+    # step: freed before the held-out geometry's gradients and the export.
+    del state
     if geo_pairs:
         row = record_geometry(int(c.steps), params)
         geometry_lib.plot(geometry_lib.read_records(geo_path), run_dir / "heldout_geometry.png")

@@ -39,6 +39,9 @@ class SeamHyper:
     beta: float = 0.01
     eps: float = 1e-3
     estimator: str = "hessian_free"
+    # The finite difference's perturbed gradients as one vmapped evaluation (True), or one
+    # side after the other (False: one perturbed copy of theta alive instead of two; on
+    # XLA:CPU as fast, and the CPU presets' choice, seam_jax/config.py:cpu_size).
     vmap: bool = True
     ul_variant: str = "intent"
     lens_layers: tuple[int, ...] | None = None

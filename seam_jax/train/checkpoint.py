@@ -53,7 +53,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from seam_jax import storage
+from seam_jax import memory, storage
 from seam_jax.errors import SeamError
 
 log = logging.getLogger(__name__)
@@ -233,6 +233,10 @@ class Checkpointer:
             self._unsummed.append(step)
             if not self.cfg.use_async:
                 self._write_pending_sums()
+                # The save's serialization buffers, freed, back to the system: kept by the C
+                # heap they raised every later step's resident memory (the default run's
+                # SEAM steps peaked at 6.07 GB before its checkpoint at step 8, 6.81 after).
+                memory.release()
         return saved
 
     def steps(self) -> list[int]:

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seam_jax import memory
 from seam_jax.errors import SeamError
 from seam_jax.model.api import Params
 from seam_jax.train.checkpoint import CheckpointConfig, Checkpointer, abstract_like
@@ -240,6 +241,8 @@ def _run(params: Params, step_fn: TrainStep, source: BatchSource, loop: LoopConf
                 last_good = step + 1
                 writer.sync()  # a bucket's metrics.jsonl reaches the checkpoint's step
             done_here += 1
+            if done_here == 1:
+                memory.release()  # the first step's compilation (XLA's and LLVM's), freed
             if stop is not None:
                 ckpt.wait()
                 raise Interrupted(
