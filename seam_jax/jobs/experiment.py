@@ -260,9 +260,11 @@ def _run_seed(c: mlc.ConfigDict, run_dir: pathlib.Path, arms: list[str], seed: i
         # in use: the next one loaded drops it (a reload from its checkpoint takes seconds,
         # and each arm kept is a copy of the parameters through every later stage).
         if name not in models:
-            for other in [n for n in models if n != base]:
+            dropped = [n for n in models if n != base]
+            for other in dropped:
                 del models[other]
-            memory.release()
+            if dropped:
+                memory.release()
             models[name] = (load_model(c) if name == base
                             else load_checkpoint(run_dir / name, c))
         return models[name]
