@@ -170,32 +170,36 @@ def seam_gradient(fn: ModelFn, params: Params, batches: dict[str, dict], hp: Sea
         (l_ul, l_a), (g_ul, g_a) = ul_and_attack(fn, params, adv, hp)
 
     # L_up's gradient into the total (alpha), then g_b's into its own buffer (and gamma
-    # times it into the total), one after the other (``in_order``); g_a passes through
-    # both loops, so the lens is done before them.
-    grad_ce = lambda batch, zero: jax.value_and_grad(ce)(params, anchored(zero, batch))
-
-    def up_phase(carry: tuple, _: None, zero: jax.Array) -> tuple:
-        total, g_a, _ = carry
-        loss, g = grad_ce(aln, zero)
-        return tree_axpy(hp.alpha, g, total), g_a, loss
-
-    def bgn_phase(carry: tuple, _: None, zero: jax.Array) -> tuple:
-        total, g_a, _, _ = carry
-        loss, g = grad_ce(bgn, zero)
-        if hp.gamma_benign:
-            total = tree_axpy(hp.gamma_benign, g, total)
-        return total, g_a, g, loss
+    # times it into the total), one after the other (``in_order``). One body for both,
+    # switched on the item's index: written as two bodies (2026-12-07), the step's program
+    # aborted the two-process CPU job in 4 of 4 runs (tests/parallel/test_multiprocess.py,
+    # whose docstring says why); this form passed 4 of 4.
+    def ce_phase(carry: tuple, item: tuple[int, dict], zero: jax.Array) -> tuple:
+        total, g_a, g_b, losses = carry  # g_a passes through: the lens is done before
+        i, batch = item
+        loss, g = jax.value_and_grad(ce)(params, anchored(zero, batch))
+        if i == 0:
+            total = tree_axpy(hp.alpha, g, total)
+        else:
+            g_b = g
+            if hp.gamma_benign:
+                total = tree_axpy(hp.gamma_benign, g, total)
+        return total, g_a, g_b, losses.at[i].set(loss)
 
     ok = jnp.isfinite(l_ul)
-    nan = jnp.full((), jnp.nan, l_ul.dtype)  # a loss not computed (the loop did not run)
-    total, g_a, l_up = in_order("L_up", up_phase, (g_ul, None if own_sd else g_a, nan), [None], ok)
+    losses = jnp.full((2,), jnp.nan, l_ul.dtype)  # the losses' own dtype: float32 would narrow float64
+    total, g_a, _, losses = in_order("L_up", ce_phase, (g_ul, None if own_sd else g_a, None, losses),
+                                     [(0, aln)], ok)
     if own_sd and not hp.gamma_benign:
         g_b, l_b = None, ce(params, bgn)  # the loss alone, a metric: one forward pass
     else:
         # g_b's buffer, made from the total so that XLA allocates it only now: a zeros
         # constant was allocated before L_up's pass and lived through it.
         slot = jax.tree.map(lambda t: t * 0, total)
-        total, g_a, g_b, l_b = in_order("g_b", bgn_phase, (total, g_a, slot, nan), [None], ok)
+        total, g_a, g_b, losses = in_order("g_b", ce_phase, (total, g_a, slot, losses),
+                                           [(1, bgn)], ok)
+        l_b = losses[1]
+    l_up = losses[0]
     if hp.beta:
         ok = jnp.isfinite(l_ul) & jnp.isfinite(l_up) & jnp.isfinite(l_b)
         geo, total = sd_term(fn, params, adv, bgn, g_a, None if own_sd else g_b, hp, total, ok)

@@ -9,6 +9,19 @@ by itself with one line within the heartbeat timeout, with the last checkpoint i
 then SIGTERM to process 1 alone (as a pod or SLURM signals one host first), after which
 both processes stop at the same step and save its checkpoint; then a resume to the end
 and the gathered HF export, compared with the reference.
+
+A known hazard of XLA:CPU's multi-process collectives (jax 0.10.2), which this test is
+the one to catch: gloo matches messages by order alone (XLA passes every collective tag
+0), and XLA:CPU's runtime orders one collective after another by a scheduling edge only,
+released when the earlier one starts. A while loop (a layer scan, an ``in_order`` pass)
+starts before its body's collectives do, so a later collective that does not read the
+loop's output can reach gloo first in one process and second in another: the process
+then aborts with "gloo::EnforceNotMet ... Received data size doesn't match expected
+size". Which programs do this depends on XLA's schedule, not on the arithmetic: the SEAM
+step's L_up and g_b passes written as two loop bodies did, in 4 of 4 runs, where one
+body switched on an index (the same computation) did not, in 4 of 4 (2026-12-07).
+The hazard is in XLA:CPU's runtime (xla/backends/cpu/runtime/thunk_executor.cc and
+collectives/gloo_communicator.cc); it was not looked for on GPUs or TPUs.
 """
 
 import json
